@@ -1,0 +1,162 @@
+//! How a policy crate hands itself to the engine.
+
+use crate::{PolicyError, RequestPolicy, ResponsePolicy};
+use std::fmt;
+use std::sync::Arc;
+
+/// Builds a policy instance for one route from its (schema-validated) parameters.
+pub type Factory = fn(serde_json::Value) -> Result<PolicyInstance, PolicyError>;
+
+/// What a policy crate exports: its `policy-definition.yaml` text and its factory. Made by
+/// [`export_policy!`](crate::export_policy); the engine's generated registry registers it.
+#[derive(Clone, Copy)]
+pub struct PolicyExport {
+    definition: &'static str,
+    factory: Factory,
+}
+
+impl PolicyExport {
+    /// An export from a definition document (YAML) and a factory.
+    pub const fn new(definition: &'static str, factory: Factory) -> Self {
+        PolicyExport {
+            definition,
+            factory,
+        }
+    }
+
+    /// The `policy-definition.yaml` text, embedded at compile time.
+    pub fn definition(&self) -> &'static str {
+        self.definition
+    }
+
+    /// The factory.
+    pub fn factory(&self) -> Factory {
+        self.factory
+    }
+}
+
+impl fmt::Debug for PolicyExport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyExport").finish_non_exhaustive()
+    }
+}
+
+/// One policy built for one route: its request hook, its response hook, or both (sharing one
+/// value).
+#[derive(Clone, Default)]
+pub struct PolicyInstance {
+    request: Option<Arc<dyn RequestPolicy>>,
+    response: Option<Arc<dyn ResponsePolicy>>,
+}
+
+impl PolicyInstance {
+    /// An instance with no phase yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the request hook (builder style).
+    pub fn with_request(mut self, policy: Arc<dyn RequestPolicy>) -> Self {
+        self.request = Some(policy);
+        self
+    }
+
+    /// Adds the response hook (builder style).
+    pub fn with_response(mut self, policy: Arc<dyn ResponsePolicy>) -> Self {
+        self.response = Some(policy);
+        self
+    }
+
+    /// The request hook, if the policy has one.
+    pub fn request(&self) -> Option<&Arc<dyn RequestPolicy>> {
+        self.request.as_ref()
+    }
+
+    /// The response hook, if the policy has one.
+    pub fn response(&self) -> Option<&Arc<dyn ResponsePolicy>> {
+        self.response.as_ref()
+    }
+}
+
+impl fmt::Debug for PolicyInstance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyInstance")
+            .field("request", &self.request.is_some())
+            .field("response", &self.response.is_some())
+            .finish()
+    }
+}
+
+/// Exports a policy type: defines `pub fn policy_export() -> policy_sdk::PolicyExport` in the
+/// calling module, which the engine's generated registry calls.
+///
+/// List the phases the type implements (`request`, `response`); they must match `phases` in
+/// `policy-definition.yaml`, which is embedded from the crate root unless `definition = ...`
+/// gives the text.
+///
+/// ```
+/// use policy_sdk::{export_policy, Outcome, Policy, PolicyError, RequestAction, RequestContext,
+///     RequestPolicy};
+///
+/// struct Allow;
+///
+/// impl Policy for Allow {
+///     type Params = serde_json::Value;
+///     fn new(_: Self::Params) -> Result<Self, PolicyError> { Ok(Allow) }
+/// }
+///
+/// impl RequestPolicy for Allow {
+///     fn on_request<'a>(&'a self, _: &'a mut RequestContext) -> Outcome<'a, RequestAction> {
+///         Outcome::ready(RequestAction::pass())
+///     }
+/// }
+///
+/// export_policy!(Allow, phases = [request], definition = "name: allow\nversion: 1.0.0\n");
+///
+/// let export = policy_export();
+/// let instance = (export.factory())(serde_json::json!({})).unwrap();
+/// assert!(instance.request().is_some() && instance.response().is_none());
+/// ```
+#[macro_export]
+macro_rules! export_policy {
+    ($ty:ty, phases = [$($phase:ident),+ $(,)?] $(,)?) => {
+        $crate::export_policy!(
+            $ty,
+            phases = [$($phase),+],
+            definition = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/policy-definition.yaml"))
+        );
+    };
+    ($ty:ty, phases = [$($phase:ident),+ $(,)?], definition = $definition:expr $(,)?) => {
+        /// This crate's policy, for the engine's registry (made by `policy_sdk::export_policy!`).
+        pub fn policy_export() -> $crate::PolicyExport {
+            fn factory(
+                params: $crate::__private::Value,
+            ) -> ::std::result::Result<$crate::PolicyInstance, $crate::PolicyError> {
+                let policy = ::std::sync::Arc::new($crate::instantiate::<$ty>(params)?);
+                let instance = $crate::PolicyInstance::new();
+                $( let instance = $crate::__export_phase!($phase, instance, policy); )+
+                let _ = &policy;
+                ::std::result::Result::Ok(instance)
+            }
+            $crate::PolicyExport::new($definition, factory)
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_phase {
+    (request, $instance:ident, $policy:ident) => {
+        $instance.with_request($policy.clone())
+    };
+    (response, $instance:ident, $policy:ident) => {
+        $instance.with_response($policy.clone())
+    };
+    ($other:ident, $instance:ident, $policy:ident) => {
+        compile_error!(concat!(
+            "unknown phase `",
+            stringify!($other),
+            "`: use `request` and/or `response`"
+        ))
+    };
+}

@@ -1,0 +1,86 @@
+//! The contract between policy authors and the policy engine.
+//!
+//! A policy is an ordinary crate: a type that implements [`Policy`] (built once per route from
+//! typed parameters) and [`RequestPolicy`] and/or [`ResponsePolicy`] (run per request), exported
+//! with [`export_policy!`] next to a `policy-definition.yaml` that declares its name, version,
+//! phases and parameter schema. The engine's builder links the crate in; routes then name it as
+//! `name:version`.
+//!
+//! Policies never touch the wire protocol: they read a [`RequestContext`] or [`ResponseContext`]
+//! and return an action ([`RequestAction`], [`ResponseAction`]). Synchronous decisions return
+//! [`Outcome::Ready`] and cost no allocation; policies that wait on I/O return
+//! [`Outcome::Pending`].
+//!
+//! ```
+//! use policy_sdk::{ImmediateResponse, Outcome, Policy, PolicyError, Request, RequestAction,
+//!     RequestContext, RequestPolicy, UpstreamRequestMods};
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! #[serde(rename_all = "camelCase", deny_unknown_fields)]
+//! struct Params { required_header: String }
+//!
+//! /// Rejects requests without a header; marks the others.
+//! struct RequireHeader { name: String }
+//!
+//! impl Policy for RequireHeader {
+//!     type Params = Params;
+//!     fn new(p: Params) -> Result<Self, PolicyError> {
+//!         if p.required_header.is_empty() {
+//!             return Err(PolicyError::invalid_param("requiredHeader", "must not be empty"));
+//!         }
+//!         Ok(RequireHeader { name: p.required_header })
+//!     }
+//! }
+//!
+//! impl RequestPolicy for RequireHeader {
+//!     fn on_request<'a>(&'a self, ctx: &'a mut RequestContext) -> Outcome<'a, RequestAction> {
+//!         if ctx.request().header(&self.name).is_none() {
+//!             return Outcome::ready(ImmediateResponse::new(400));
+//!         }
+//!         ctx.metadata_mut().set("checked", true);
+//!         Outcome::ready(UpstreamRequestMods::new().set_header("x-checked", "yes"))
+//!     }
+//! }
+//!
+//! // policy_sdk::export_policy!(RequireHeader, phases = [request]);
+//!
+//! let policy: RequireHeader =
+//!     policy_sdk::testkit::new_policy(serde_json::json!({"requiredHeader": "x-tenant"})).unwrap();
+//! let mut ctx = RequestContext::new(Request::new("GET", "/"));
+//! let denied = policy_sdk::testkit::run_request(&policy, &mut ctx);
+//! assert_eq!(policy_sdk::testkit::expect_respond(denied).status(), 400);
+//! ```
+#![deny(missing_docs)]
+
+mod action;
+mod context;
+mod error;
+mod export;
+mod headers;
+mod http;
+mod metadata;
+mod outcome;
+mod policy;
+pub mod testkit;
+
+pub use action::{
+    BodyOp, HeaderOp, ImmediateResponse, RequestAction, ResponseAction, UpstreamRequestMods,
+    UpstreamResponseMods,
+};
+pub use context::{Changes, HeaderChange, RequestContext, ResponseContext};
+pub use error::{ErrorKind, PolicyError};
+pub use export::{Factory, PolicyExport, PolicyInstance};
+pub use headers::HeaderMap;
+pub use http::{Request, Response};
+pub use metadata::Metadata;
+pub use outcome::{BoxFuture, Outcome, OutcomeFuture};
+pub use policy::{Policy, RequestPolicy, ResponsePolicy, instantiate};
+
+/// JSON values, as carried by [`Metadata`] and policy parameters.
+pub use serde_json::Value;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use serde_json::Value;
+}
