@@ -38,7 +38,10 @@ impl HeaderMap {
     }
 
     /// Every value of `name`, in the order they were added.
-    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub fn get_all<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + 'n
+    where
+        'a: 'n,
+    {
         self.entries
             .iter()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))

@@ -226,8 +226,13 @@ impl Response {
     }
 }
 
-/// The first value of `name` in a raw query string, percent-decoded.
-pub(crate) fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
+/// The first value of `name` in a raw query string (without `?`), percent-decoded (`+` is a
+/// space); malformed escapes are kept as written.
+///
+/// ```
+/// assert_eq!(policy_sdk::query_param("a=1&b=x%20y", "b").as_deref(), Some("x y"));
+/// ```
+pub fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
     query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (decode(key) == name).then(|| decode(value))

@@ -72,7 +72,7 @@ pub use context::{Changes, HeaderChange, RequestContext, ResponseContext};
 pub use error::{ErrorKind, PolicyError};
 pub use export::{Factory, PolicyExport, PolicyInstance};
 pub use headers::HeaderMap;
-pub use http::{Request, Response};
+pub use http::{Request, Response, query_param};
 pub use metadata::Metadata;
 pub use outcome::{BoxFuture, Outcome, OutcomeFuture};
 pub use policy::{Policy, RequestPolicy, ResponsePolicy, instantiate};
