@@ -2,6 +2,12 @@
 //! compiled into an immutable [`Snapshot`], CEL conditions, and the chain executor.
 pub mod condition;
 pub mod definition;
+pub mod chain;
+pub mod config;
 pub mod registry;
+pub mod snapshot;
 
-pub use registry::{Registry, RegisteredPolicy, RegistryError};
+pub use chain::{Chain, Decision, Denial, Needs};
+pub use config::{ConfigError, Problem, load};
+pub use registry::{RegisteredPolicy, Registry, RegistryError};
+pub use snapshot::Snapshot;

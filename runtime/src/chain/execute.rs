@@ -1,0 +1,169 @@
+//! Running a chain: order, conditions, timeouts, `onFailure`, short-circuit.
+
+use super::{Chain, Step};
+use crate::condition::{Condition, EvalError};
+use crate::config::OnFailure;
+use policy_sdk::{
+    ImmediateResponse, Outcome, PolicyError, RequestAction, RequestContext, RequestPolicy,
+    ResponseAction, ResponseContext, ResponsePolicy,
+};
+use std::sync::Arc;
+
+/// How a phase of a chain ended.
+#[derive(Debug)]
+#[must_use]
+pub enum Decision {
+    /// Go on; the context holds the changes to forward.
+    Continue,
+    /// A policy answered; send this response to the client.
+    Respond(ImmediateResponse),
+    /// A policy failed with `onFailure: deny`.
+    Deny(Denial),
+}
+
+/// The failure that denied a request.
+#[derive(Debug)]
+pub struct Denial {
+    /// The failing policy's `name:version`.
+    pub policy: Arc<str>,
+    /// Its error (for logs only: it may be specific, never for clients).
+    pub error: PolicyError,
+}
+
+impl Chain {
+    /// Runs the request-phase steps against `ctx`, applying each one's modifications so later
+    /// policies see them.
+    pub async fn run_request(&self, ctx: &mut RequestContext) -> Decision {
+        run::<RequestPhase>(&self.route, &self.request, ctx).await
+    }
+
+    /// Runs the response-phase steps (reverse listed order) against `ctx`.
+    pub async fn run_response(&self, ctx: &mut ResponseContext) -> Decision {
+        run::<ResponsePhase>(&self.route, &self.response, ctx).await
+    }
+}
+
+/// What differs between the two phases.
+trait Phase {
+    type Policy: ?Sized + Send + Sync;
+    type Ctx;
+    type Action;
+    const NAME: &'static str;
+    fn eval(condition: &Condition, ctx: &Self::Ctx) -> Result<bool, EvalError>;
+    fn invoke<'a>(policy: &'a Self::Policy, ctx: &'a mut Self::Ctx) -> Outcome<'a, Self::Action>;
+    /// Applies a `Continue` action and returns `None`, or returns the immediate response.
+    fn settle(ctx: &mut Self::Ctx, action: Self::Action) -> Result<Option<ImmediateResponse>, PolicyError>;
+    fn request_id(ctx: &Self::Ctx) -> &str;
+}
+
+struct RequestPhase;
+struct ResponsePhase;
+
+impl Phase for RequestPhase {
+    type Policy = dyn RequestPolicy;
+    type Ctx = RequestContext;
+    type Action = RequestAction;
+    const NAME: &'static str = "request";
+
+    fn eval(condition: &Condition, ctx: &RequestContext) -> Result<bool, EvalError> {
+        condition.eval_request(ctx)
+    }
+
+    fn invoke<'a>(policy: &'a Self::Policy, ctx: &'a mut RequestContext) -> Outcome<'a, RequestAction> {
+        policy.on_request(ctx)
+    }
+
+    fn settle(ctx: &mut RequestContext, action: RequestAction) -> Result<Option<ImmediateResponse>, PolicyError> {
+        match action {
+            RequestAction::Continue(mods) => {
+                ctx.apply(mods);
+                Ok(None)
+            }
+            RequestAction::Respond(response) => Ok(Some(response)),
+            _ => Err(PolicyError::new("returned an action this engine does not support")),
+        }
+    }
+
+    fn request_id(ctx: &RequestContext) -> &str {
+        ctx.request().request_id()
+    }
+}
+
+impl Phase for ResponsePhase {
+    type Policy = dyn ResponsePolicy;
+    type Ctx = ResponseContext;
+    type Action = ResponseAction;
+    const NAME: &'static str = "response";
+
+    fn eval(condition: &Condition, ctx: &ResponseContext) -> Result<bool, EvalError> {
+        condition.eval_response(ctx)
+    }
+
+    fn invoke<'a>(policy: &'a Self::Policy, ctx: &'a mut ResponseContext) -> Outcome<'a, ResponseAction> {
+        policy.on_response(ctx)
+    }
+
+    fn settle(ctx: &mut ResponseContext, action: ResponseAction) -> Result<Option<ImmediateResponse>, PolicyError> {
+        match action {
+            ResponseAction::Continue(mods) => {
+                ctx.apply(mods);
+                Ok(None)
+            }
+            ResponseAction::Respond(response) => Ok(Some(response)),
+            _ => Err(PolicyError::new("returned an action this engine does not support")),
+        }
+    }
+
+    fn request_id(ctx: &ResponseContext) -> &str {
+        ctx.request().request_id()
+    }
+}
+
+async fn run<P: Phase>(route: &str, steps: &[Step<P::Policy>], ctx: &mut P::Ctx) -> Decision {
+    for step in steps {
+        if let Some(condition) = &step.condition {
+            match P::eval(condition, ctx) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(route, policy = %step.key, phase = P::NAME, request_id = P::request_id(ctx), "condition false: skipped");
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(route, policy = %step.key, phase = P::NAME, request_id = P::request_id(ctx), %error, "condition could not be evaluated: skipped");
+                    continue;
+                }
+            }
+        }
+        let result = match P::invoke(&step.policy, ctx) {
+            Outcome::Ready(result) => result,
+            Outcome::Pending(future) => match tokio::time::timeout(step.timeout, future).await {
+                Ok(result) => result,
+                Err(_) => Err(PolicyError::timeout(step.timeout)),
+            },
+        };
+        let error = match result.and_then(|action| P::settle(ctx, action)) {
+            Ok(None) => continue,
+            Ok(Some(response)) => {
+                tracing::debug!(route, policy = %step.key, phase = P::NAME, request_id = P::request_id(ctx), status = response.status(), "immediate response");
+                return Decision::Respond(response);
+            }
+            Err(error) => error,
+        };
+        match step.on_failure {
+            OnFailure::Deny => {
+                return Decision::Deny(Denial {
+                    policy: Arc::clone(&step.key),
+                    error,
+                });
+            }
+            OnFailure::Continue => {
+                tracing::warn!(route, policy = %step.key, phase = P::NAME, request_id = P::request_id(ctx), %error, "policy failed: continuing (onFailure: continue)");
+            }
+            OnFailure::SkipRemaining => {
+                tracing::warn!(route, policy = %step.key, phase = P::NAME, request_id = P::request_id(ctx), %error, "policy failed: skipping the rest of the chain (onFailure: skip_remaining)");
+                return Decision::Continue;
+            }
+        }
+    }
+    Decision::Continue
+}

@@ -1,0 +1,245 @@
+//! Raw configuration -> validated, instantiated [`Snapshot`].
+
+use super::raw::{RawConfig, RawPolicy, UnknownRoute};
+use super::Problem;
+use crate::chain::{Chain, Step};
+use crate::condition::Condition;
+use crate::definition::Phase;
+use crate::{Registry, Snapshot};
+use policy_sdk::PolicyInstance;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SUPPORTED_VERSION: &str = "v1";
+const MAX_ROUTES: usize = 10_000;
+const MAX_POLICIES_PER_ROUTE: usize = 64;
+const MAX_CONDITION_BYTES: usize = 4096;
+const DEFAULT_TIMEOUT_MS: u64 = 1000;
+const MAX_TIMEOUT_MS: u64 = 60_000;
+
+/// Compiles `raw`; on failure returns every problem found.
+pub(super) fn compile(raw: RawConfig, source_name: &str, registry: &Registry) -> Result<Snapshot, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut report = |path: String, context: Option<String>, message: String| {
+        problems.push(Problem { path, context, message });
+    };
+
+    if raw.version != SUPPORTED_VERSION {
+        report(
+            "version".into(),
+            None,
+            format!("unsupported version {:?}; this engine reads version: {SUPPORTED_VERSION}", raw.version),
+        );
+    }
+    if raw.routes.len() > MAX_ROUTES {
+        report("routes".into(), None, format!("{} routes; the limit is {MAX_ROUTES}", raw.routes.len()));
+    }
+    let default_timeout = match raw.defaults.policy_timeout_ms {
+        None => Duration::from_millis(DEFAULT_TIMEOUT_MS),
+        Some(ms) => checked_timeout(ms).unwrap_or_else(|message| {
+            report("defaults.policyTimeoutMs".into(), None, message);
+            Duration::from_millis(DEFAULT_TIMEOUT_MS)
+        }),
+    };
+
+    let mut routes: HashMap<String, Arc<Chain>> = HashMap::with_capacity(raw.routes.len());
+    for (r, route) in raw.routes.iter().enumerate() {
+        let route_path = format!("routes[{r}]");
+        if route.route.is_empty() {
+            report(format!("{route_path}.route"), None, "the route name is empty".into());
+        } else if routes.contains_key(&route.route) {
+            report(format!("{route_path}.route"), None, format!("route {:?} is listed twice", route.route));
+        }
+        if route.policies.len() > MAX_POLICIES_PER_ROUTE {
+            report(
+                format!("{route_path}.policies"),
+                Some(format!("route {:?}", route.route)),
+                format!("{} policies; the limit is {MAX_POLICIES_PER_ROUTE}", route.policies.len()),
+            );
+            continue;
+        }
+        let mut chain = Chain::empty(&route.route);
+        let mut response_steps = Vec::new();
+        for (p, policy) in route.policies.iter().enumerate() {
+            let path = format!("{route_path}.policies[{p}]");
+            let context = format!("route {:?}, policy {}:{}", route.route, policy.name, policy.version);
+            let mut fail = |at: &str, message: String| report(format!("{path}{at}"), Some(context.clone()), message);
+            let Some(built) = build_policy(policy, registry, default_timeout, &mut fail) else {
+                continue;
+            };
+            if !policy.enabled {
+                continue;
+            }
+            let key: Arc<str> = format!("{}:{}", policy.name, policy.version).into();
+            let definition = built.definition;
+            chain.needs.request_body |= definition.requires_request_body;
+            chain.needs.response_body |= definition.requires_response_body;
+            if let Some(hook) = built.instance.request() {
+                chain.request.push(Step {
+                    key: Arc::clone(&key),
+                    position: p,
+                    condition: built.condition.clone(),
+                    on_failure: policy.on_failure,
+                    timeout: built.timeout,
+                    policy: Arc::clone(hook),
+                });
+            }
+            if let Some(hook) = built.instance.response() {
+                chain.needs.response_headers = true;
+                response_steps.push(Step {
+                    key,
+                    position: p,
+                    condition: built.condition,
+                    on_failure: policy.on_failure,
+                    timeout: built.timeout,
+                    policy: Arc::clone(hook),
+                });
+            }
+        }
+        response_steps.reverse();
+        chain.response = response_steps;
+        chain.needs.response_headers |= chain.needs.response_body;
+        routes.insert(route.route.clone(), Arc::new(chain));
+    }
+
+    let fallback = match (&raw.defaults.default_route, raw.defaults.unknown_route) {
+        (Some(name), _) => {
+            let chain = routes.get(name).cloned();
+            if chain.is_none() {
+                report(
+                    "defaults.defaultRoute".into(),
+                    None,
+                    format!("no route named {name:?} is configured; name one of the routes or remove defaultRoute"),
+                );
+            }
+            chain
+        }
+        (None, UnknownRoute::Allow) => Some(Arc::new(Chain::empty("(unknown route)"))),
+        (None, UnknownRoute::Deny) => None,
+    };
+
+    if problems.is_empty() {
+        Ok(Snapshot {
+            routes,
+            fallback,
+            source_name: source_name.to_owned(),
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+/// A policy entry validated and instantiated.
+struct Built<'r> {
+    definition: &'r crate::definition::PolicyDefinition,
+    instance: PolicyInstance,
+    condition: Option<Condition>,
+    timeout: Duration,
+}
+
+/// Validates one policy entry and builds its instance; reports problems through `fail(at, msg)`
+/// where `at` is appended to the entry's path.
+fn build_policy<'r>(
+    policy: &RawPolicy,
+    registry: &'r Registry,
+    default_timeout: Duration,
+    fail: &mut dyn FnMut(&str, String),
+) -> Option<Built<'r>> {
+    let condition = match &policy.condition {
+        None => None,
+        Some(source) if source.len() > MAX_CONDITION_BYTES => {
+            fail(".condition", format!("{} bytes; the limit is {MAX_CONDITION_BYTES}", source.len()));
+            None
+        }
+        Some(source) => Condition::compile(source)
+            .map_err(|e| fail(".condition", e.to_string()))
+            .ok(),
+    };
+    let condition_ok = policy.condition.is_none() || condition.is_some();
+    let timeout = match policy.timeout_ms.map(checked_timeout) {
+        None => Some(default_timeout),
+        Some(Ok(t)) => Some(t),
+        Some(Err(message)) => {
+            fail(".timeoutMs", message);
+            None
+        }
+    };
+
+    let Some(registered) = registry.get(&policy.name, &policy.version) else {
+        let versions = registry.versions(&policy.name);
+        if versions.is_empty() {
+            let names: Vec<&str> = registry.names().collect();
+            fail(
+                ".name",
+                format!(
+                    "no policy named {:?} is compiled into this engine; available: {}",
+                    policy.name,
+                    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                ),
+            );
+        } else {
+            fail(
+                ".version",
+                format!(
+                    "policy {} has no version {:?}; available versions: {}",
+                    policy.name,
+                    policy.version,
+                    versions.join(", ")
+                ),
+            );
+        }
+        return None;
+    };
+
+    let params = policy.params.clone().unwrap_or_else(|| Value::Object(Default::default()));
+    let violations = registered.params_schema().check(&params);
+    if !violations.is_empty() {
+        for v in violations {
+            let at = if v.path.is_empty() { ".params".to_owned() } else { format!(".params.{}", v.path) };
+            fail(&at, v.message);
+        }
+        return None;
+    }
+    let instance = match (registered.factory())(params) {
+        Ok(instance) => instance,
+        Err(error) => {
+            let at = error.field().map_or_else(|| ".params".to_owned(), |f| format!(".params.{f}"));
+            fail(&at, error.to_string());
+            return None;
+        }
+    };
+    let definition = registered.definition();
+    for (phase, present) in [
+        (Phase::Request, instance.request().is_some()),
+        (Phase::Response, instance.response().is_some()),
+    ] {
+        if definition.has_phase(phase) != present {
+            fail(
+                "",
+                format!(
+                    "the compiled policy {} the {phase} phase but its definition {}; rebuild the engine with policy-builder, which checks both agree",
+                    if present { "implements" } else { "does not implement" },
+                    if present { "does not declare it" } else { "declares it" },
+                ),
+            );
+            return None;
+        }
+    }
+    Some(Built {
+        definition,
+        instance,
+        condition: condition.filter(|_| condition_ok),
+        timeout: timeout?,
+    })
+    .filter(|_| condition_ok)
+}
+
+fn checked_timeout(ms: u64) -> Result<Duration, String> {
+    if (1..=MAX_TIMEOUT_MS).contains(&ms) {
+        Ok(Duration::from_millis(ms))
+    } else {
+        Err(format!("{ms} is out of range; use 1 to {MAX_TIMEOUT_MS} milliseconds"))
+    }
+}

@@ -1,0 +1,37 @@
+//! Route configuration: parse ([`raw`]), then compile against the [`Registry`] into a
+//! [`Snapshot`], reporting every problem at once.
+
+mod compile;
+mod problem;
+pub mod raw;
+
+pub use problem::{ConfigError, Problem};
+pub use raw::{OnFailure, UnknownRoute};
+
+use crate::{Registry, Snapshot};
+
+/// The largest configuration document accepted, in bytes.
+pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Parses and compiles a route configuration document (YAML or JSON). `source_name` names the
+/// file or stream in errors.
+///
+/// # Errors
+/// [`ConfigError`] naming the source and every problem; nothing is partially activated.
+pub fn load(text: &str, source_name: &str, registry: &Registry) -> Result<Snapshot, ConfigError> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(ConfigError::TooLarge {
+            source_name: source_name.to_owned(),
+            size: text.len(),
+            limit: MAX_DOCUMENT_BYTES,
+        });
+    }
+    let raw: raw::RawConfig = serde_saphyr::from_str(text).map_err(|source| ConfigError::Parse {
+        source_name: source_name.to_owned(),
+        source,
+    })?;
+    compile::compile(raw, source_name, registry).map_err(|problems| ConfigError::Invalid {
+        source_name: source_name.to_owned(),
+        problems,
+    })
+}
