@@ -57,7 +57,8 @@ impl UpstreamRequestMods {
 
     /// Adds a value to header `name`.
     pub fn append_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push(HeaderOp::Append(name.into(), value.into()));
+        self.headers
+            .push(HeaderOp::Append(name.into(), value.into()));
         self
     }
 
@@ -113,10 +114,20 @@ impl UpstreamRequestMods {
 
     /// Whether nothing changes.
     pub fn is_empty(&self) -> bool {
-        self.headers.is_empty() && self.body.is_none() && self.path.is_none() && self.method.is_none()
+        self.headers.is_empty()
+            && self.body.is_none()
+            && self.path.is_none()
+            && self.method.is_none()
     }
 
-    pub(crate) fn into_parts(self) -> (Vec<HeaderOp>, Option<BodyOp>, Option<String>, Option<String>) {
+    pub(crate) fn into_parts(
+        self,
+    ) -> (
+        Vec<HeaderOp>,
+        Option<BodyOp>,
+        Option<String>,
+        Option<String>,
+    ) {
         (self.headers, self.body, self.path, self.method)
     }
 }
@@ -150,7 +161,8 @@ impl UpstreamResponseMods {
 
     /// Adds a value to header `name`.
     pub fn append_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push(HeaderOp::Append(name.into(), value.into()));
+        self.headers
+            .push(HeaderOp::Append(name.into(), value.into()));
         self
     }
 

@@ -212,11 +212,15 @@ impl Changes {
             }
             (HeaderOp::Append(..), Some((_, Touch::Replaced))) => {}
             (HeaderOp::Append(_, value), None) => {
-                self.headers
-                    .push((name.to_ascii_lowercase(), Touch::Appended(vec![value.clone()])));
+                self.headers.push((
+                    name.to_ascii_lowercase(),
+                    Touch::Appended(vec![value.clone()]),
+                ));
             }
             (_, Some((_, touch))) => *touch = Touch::Replaced,
-            (_, None) => self.headers.push((name.to_ascii_lowercase(), Touch::Replaced)),
+            (_, None) => self
+                .headers
+                .push((name.to_ascii_lowercase(), Touch::Replaced)),
         }
     }
 }
@@ -252,21 +256,40 @@ mod tests {
     #[test]
     fn appends_accumulate_until_a_set_or_remove_replaces_them() {
         let mut ctx = RequestContext::new(Request::new("GET", "/").with_header("x-a", "0"));
-        ctx.apply(UpstreamRequestMods::new().append_header("X-A", "1").append_header("x-a", "2"));
+        ctx.apply(
+            UpstreamRequestMods::new()
+                .append_header("X-A", "1")
+                .append_header("x-a", "2"),
+        );
         let appended = ["1".to_string(), "2".to_string()];
         assert_eq!(changes(&ctx), [HeaderChange::Appended("x-a", &appended)]);
-        ctx.apply(UpstreamRequestMods::new().remove_header("x-a").append_header("x-a", "3"));
+        ctx.apply(
+            UpstreamRequestMods::new()
+                .remove_header("x-a")
+                .append_header("x-a", "3"),
+        );
         assert_eq!(changes(&ctx), [HeaderChange::Replaced("x-a")]);
-        assert_eq!(ctx.request().headers().get_all("x-a").collect::<Vec<_>>(), ["3"]);
+        assert_eq!(
+            ctx.request().headers().get_all("x-a").collect::<Vec<_>>(),
+            ["3"]
+        );
     }
 
     #[test]
     fn body_path_and_method_changes_are_recorded() {
         let mut ctx = RequestContext::new(Request::new("GET", "/old").with_body("abc"));
         assert!(ctx.changes().is_empty());
-        ctx.apply(UpstreamRequestMods::new().clear_body().set_path("/new").set_method("POST"));
+        ctx.apply(
+            UpstreamRequestMods::new()
+                .clear_body()
+                .set_path("/new")
+                .set_method("POST"),
+        );
         assert_eq!(ctx.request().body(), Some(&b""[..]));
-        assert_eq!((ctx.request().path(), ctx.request().method()), ("/new", "POST"));
+        assert_eq!(
+            (ctx.request().path(), ctx.request().method()),
+            ("/new", "POST")
+        );
         let c = ctx.changes();
         assert!(c.body() && c.path() && c.method() && !c.status());
     }
@@ -275,7 +298,11 @@ mod tests {
     fn response_changes_cover_status_and_body() {
         let (req, meta) = RequestContext::new(Request::new("GET", "/")).into_parts();
         let mut ctx = ResponseContext::new(req, Response::new(200), meta);
-        ctx.apply(UpstreamResponseMods::new().set_status(404).replace_body("gone"));
+        ctx.apply(
+            UpstreamResponseMods::new()
+                .set_status(404)
+                .replace_body("gone"),
+        );
         assert_eq!(ctx.response().status(), 404);
         assert_eq!(ctx.response().body(), Some(&b"gone"[..]));
         assert!(ctx.changes().status() && ctx.changes().body());

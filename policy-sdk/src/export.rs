@@ -42,7 +42,8 @@ impl fmt::Debug for PolicyExport {
 }
 
 /// One policy built for one route: its request hook, its response hook, or both (sharing one
-/// value).
+/// value). A hook may be missing for a phase the definition declares when the instance has
+/// nothing to do there; a hook for an undeclared phase is a build error.
 #[derive(Clone, Default)]
 pub struct PolicyInstance {
     request: Option<Arc<dyn RequestPolicy>>,
@@ -147,10 +148,18 @@ macro_rules! export_policy {
 #[macro_export]
 macro_rules! __export_phase {
     (request, $instance:ident, $policy:ident) => {
-        $instance.with_request($policy.clone())
+        if $crate::RequestPolicy::wants_requests(&*$policy) {
+            $instance.with_request($policy.clone())
+        } else {
+            $instance
+        }
     };
     (response, $instance:ident, $policy:ident) => {
-        $instance.with_response($policy.clone())
+        if $crate::ResponsePolicy::wants_responses(&*$policy) {
+            $instance.with_response($policy.clone())
+        } else {
+            $instance
+        }
     };
     ($other:ident, $instance:ident, $policy:ident) => {
         compile_error!(concat!(

@@ -50,7 +50,9 @@ impl HeaderMap {
 
     /// Whether `name` has at least one value.
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+        self.entries
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 
     /// Every `(name, value)` pair; names are lower-case.
@@ -106,7 +108,9 @@ impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for HeaderMap {
 impl fmt::Debug for HeaderMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Values may carry credentials: debug output shows names only.
-        f.debug_set().entries(self.entries.iter().map(|(n, _)| n)).finish()
+        f.debug_set()
+            .entries(self.entries.iter().map(|(n, _)| n))
+            .finish()
     }
 }
 

@@ -2,6 +2,7 @@
 
 use crate::HeaderMap;
 use std::borrow::Cow;
+use std::fmt;
 use std::net::SocketAddr;
 
 /// The downstream request: method, path, headers and, when the chain asked for it, the body.
@@ -17,7 +18,7 @@ use std::net::SocketAddr;
 /// assert_eq!(req.query_param("q").as_deref(), Some("rust lang"));
 /// assert_eq!(req.header("accept"), Some("text/html"));
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Request {
     method: String,
     path: String,
@@ -159,7 +160,7 @@ impl Request {
 }
 
 /// The upstream response: status, headers and, when the chain asked for it, the body.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Response {
     status: u16,
     headers: HeaderMap,
@@ -226,6 +227,31 @@ impl Response {
     }
 }
 
+// Debug output goes to logs: it shows header names, not values, never the query string (API keys
+// travel there) and only the body's length.
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("path", &self.path_without_query())
+            .field("authority", &self.authority)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.as_ref().map(Vec::len))
+            .field("request_id", &self.request_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
 /// The first value of `name` in a raw query string (without `?`), percent-decoded (`+` is a
 /// space); malformed escapes are kept as written.
 ///
@@ -250,15 +276,13 @@ fn decode(s: &str) -> Cow<'_, str> {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;
@@ -283,6 +307,21 @@ mod tests {
         assert_eq!(req.query_param("bad").as_deref(), Some("%zz%4"));
         assert_eq!(req.query_param("missing"), None);
         assert_eq!(Request::new("GET", "/p").query_param("a"), None);
+    }
+
+    #[test]
+    fn debug_output_hides_query_header_values_and_body() {
+        let req = Request::new("GET", "/p?api_key=s3cret")
+            .with_header("authorization", "Bearer tok")
+            .with_body("password=hunter2");
+        let shown = format!("{req:?}");
+        for secret in ["s3cret", "tok", "hunter2"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("authorization") && shown.contains("body_len: Some(16)"),
+            "{shown}"
+        );
     }
 
     #[test]

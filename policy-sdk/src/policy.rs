@@ -30,6 +30,12 @@ pub trait Policy: Sized + Send + Sync + 'static {
 pub trait RequestPolicy: Send + Sync + 'static {
     /// Runs the policy on one request.
     fn on_request<'a>(&'a self, ctx: &'a mut RequestContext) -> Outcome<'a, RequestAction>;
+
+    /// Whether this instance has anything to do with requests (checked once per route).
+    /// Returning `false` leaves the policy out of the route's request chain.
+    fn wants_requests(&self) -> bool {
+        true
+    }
 }
 
 /// A policy that runs in the response phase, in the reverse of the route's listed order (as
@@ -43,6 +49,13 @@ pub trait RequestPolicy: Send + Sync + 'static {
 pub trait ResponsePolicy: Send + Sync + 'static {
     /// Runs the policy on one response.
     fn on_response<'a>(&'a self, ctx: &'a mut ResponseContext) -> Outcome<'a, ResponseAction>;
+
+    /// Whether this instance has anything to do with responses (checked once per route).
+    /// Returning `false` leaves the policy out of the route's response chain, so Envoy need not
+    /// send response headers for a route that has nothing else to do with them.
+    fn wants_responses(&self) -> bool {
+        true
+    }
 }
 
 /// Deserializes `params` and builds the policy: what the engine does for each route.

@@ -133,14 +133,19 @@ fn now<F: Future>(future: F) -> F::Output {
 
 fn bench(c: &mut Criterion) {
     let mut registry = Registry::new();
-    registry.register(require::policy_export()).expect("registers");
+    registry
+        .register(require::policy_export())
+        .expect("registers");
     registry.register(tag::policy_export()).expect("registers");
     let snapshot = load(CONFIG, "bench.yaml", &registry).expect("valid config");
     let chain = snapshot.chain_for("api").expect("route").clone();
 
     // Sanity: the chain does what the bench claims.
     let mut ctx = RequestContext::new(request());
-    assert!(matches!(now(chain.run_request(&mut ctx)), Decision::Continue));
+    assert!(matches!(
+        now(chain.run_request(&mut ctx)),
+        Decision::Continue
+    ));
     assert_eq!(ctx.request().header("x-admin"), Some("true"));
     assert_eq!(ctx.request().header("x-api-key"), None);
 
@@ -155,8 +160,10 @@ fn bench(c: &mut Criterion) {
         )
     });
 
-    let condition = Condition::compile(r#"metadata["auth.user"] == "alice" && request.method in ["GET", "POST"]"#)
-        .expect("compiles");
+    let condition = Condition::compile(
+        r#"metadata["auth.user"] == "alice" && request.method in ["GET", "POST"]"#,
+    )
+    .expect("compiles");
     let mut ctx = RequestContext::new(request());
     ctx.metadata_mut().set("auth.user", "alice");
     c.bench_function("condition/metadata-and-method", |b| {

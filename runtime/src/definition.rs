@@ -61,7 +61,7 @@ fn no_parameters() -> Value {
 pub enum DefinitionError {
     /// The text is not YAML.
     #[error("not valid YAML: {0}")]
-    Yaml(#[source] serde_saphyr::Error),
+    Yaml(#[source] Box<serde_saphyr::Error>),
     /// The document does not pass the definition schema; one entry per problem.
     #[error("{}", bullet_list(.0))]
     Invalid(Vec<String>),
@@ -81,7 +81,8 @@ impl PolicyDefinition {
     /// [`DefinitionError::Yaml`] for unparsable text, [`DefinitionError::Invalid`] listing every
     /// schema violation.
     pub fn from_yaml(text: &str) -> Result<Self, DefinitionError> {
-        let doc: Value = serde_saphyr::from_str(text).map_err(DefinitionError::Yaml)?;
+        let doc: Value =
+            serde_saphyr::from_str(text).map_err(|e| DefinitionError::Yaml(Box::new(e)))?;
         let problems: Vec<String> = definition_validator()
             .iter_errors(&doc)
             .map(|e| {
@@ -137,8 +138,8 @@ impl PolicyDefinition {
 fn definition_validator() -> &'static jsonschema::Validator {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
     VALIDATOR.get_or_init(|| {
-        let schema: Value =
-            serde_json::from_str(DEFINITION_SCHEMA).expect("the embedded definition schema is JSON");
+        let schema: Value = serde_json::from_str(DEFINITION_SCHEMA)
+            .expect("the embedded definition schema is JSON");
         jsonschema::draft202012::new(&schema).expect("the embedded definition schema is valid")
     })
 }
@@ -255,8 +256,10 @@ mod tests {
 
     #[test]
     fn every_schema_violation_is_listed() {
-        let err = PolicyDefinition::from_yaml("name: Bad_Name\nversion: one\nphases: [sideways]\nextra: 1\n")
-            .expect_err("invalid");
+        let err = PolicyDefinition::from_yaml(
+            "name: Bad_Name\nversion: one\nphases: [sideways]\nextra: 1\n",
+        )
+        .expect_err("invalid");
         let DefinitionError::Invalid(problems) = &err else {
             panic!("expected Invalid, got {err:?}");
         };
@@ -274,18 +277,32 @@ mod tests {
         )
         .expect("passes the definition schema");
         let err = def.params_schema().expect_err("type: 12 is not a schema");
-        assert!(err.to_string().starts_with("parameters is not a valid JSON Schema"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("parameters is not a valid JSON Schema"),
+            "{err}"
+        );
     }
 
     #[test]
     fn violations_name_the_field_and_hide_secret_values() {
-        let schema = PolicyDefinition::from_yaml(VALID).expect("valid").params_schema().expect("schema");
+        let schema = PolicyDefinition::from_yaml(VALID)
+            .expect("valid")
+            .params_schema()
+            .expect("schema");
         let v = schema.check(&serde_json::json!({"requestsPerSecond": -3, "key": "hunter2"}));
         assert_eq!(v.len(), 2, "{v:?}");
-        let rps = v.iter().find(|v| v.path == "requestsPerSecond").expect("rps violation");
+        let rps = v
+            .iter()
+            .find(|v| v.path == "requestsPerSecond")
+            .expect("rps violation");
         assert!(rps.message.contains("-3"), "{}", rps.message);
         let key = v.iter().find(|v| v.path == "key").expect("key violation");
-        assert!(!key.message.contains("hunter2"), "secret leaked: {}", key.message);
+        assert!(
+            !key.message.contains("hunter2"),
+            "secret leaked: {}",
+            key.message
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The zero-policy engine core: a [`Registry`] of compiled-in policies, route configuration
 //! compiled into an immutable [`Snapshot`], CEL conditions, and the chain executor.
-pub mod condition;
-pub mod definition;
 pub mod chain;
+pub mod condition;
 pub mod config;
+pub mod definition;
 pub mod registry;
 pub mod snapshot;
 

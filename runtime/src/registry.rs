@@ -100,7 +100,9 @@ impl Registry {
 
     /// The policy `name` at `version`.
     pub fn get(&self, name: &str, version: &str) -> Option<&RegisteredPolicy> {
-        self.policies.get(name)?.get(&VersionKey(version.to_owned()))
+        self.policies
+            .get(name)?
+            .get(&VersionKey(version.to_owned()))
     }
 
     /// The registered versions of `name`, oldest first (empty when unknown).
@@ -198,6 +200,9 @@ mod tests {
         let dup = r.register(export(def)).expect_err("duplicate");
         assert_eq!(dup.to_string(), "policy p:1.0.0 is registered twice");
         let bad = r.register(export("name: p\n")).expect_err("invalid");
-        assert!(bad.to_string().starts_with("invalid policy definition: "), "{bad}");
+        assert!(
+            bad.to_string().starts_with("invalid policy definition: "),
+            "{bad}"
+        );
     }
 }

@@ -7,7 +7,9 @@ use policy_sdk::{ErrorKind, HeaderChange, Request, RequestContext, Response, Res
 use support::snapshot;
 
 fn route(policies: &str) -> Snapshot {
-    snapshot(&format!("version: v1\nroutes:\n  - route: r\n    policies:\n{policies}"))
+    snapshot(&format!(
+        "version: v1\nroutes:\n  - route: r\n    policies:\n{policies}"
+    ))
 }
 
 async fn run_request(snap: &Snapshot, req: Request) -> (Decision, RequestContext) {
@@ -22,7 +24,11 @@ async fn run_both(snap: &Snapshot, req: Request) -> ResponseContext {
     assert!(matches!(decision, Decision::Continue), "{decision:?}");
     let (req, meta) = ctx.into_parts();
     let mut rctx = ResponseContext::new(req, Response::new(200), meta);
-    let decision = snap.chain_for("r").expect("route r").run_response(&mut rctx).await;
+    let decision = snap
+        .chain_for("r")
+        .expect("route r")
+        .run_response(&mut rctx)
+        .await;
     assert!(matches!(decision, Decision::Continue), "{decision:?}");
     rctx
 }
@@ -44,7 +50,10 @@ async fn request_policies_run_in_listed_order_and_see_earlier_changes() {
     assert_eq!(ctx.metadata().get_str("seen.a"), Some(""));
     assert_eq!(ctx.metadata().get_str("seen.c"), Some("a,b"));
     let appended = ["a".to_string(), "b".to_string(), "c".to_string()];
-    assert_eq!(ctx.changes().headers().collect::<Vec<_>>(), [HeaderChange::Appended("x-order", &appended)]);
+    assert_eq!(
+        ctx.changes().headers().collect::<Vec<_>>(),
+        [HeaderChange::Appended("x-order", &appended)]
+    );
 }
 
 #[tokio::test]
@@ -62,11 +71,16 @@ async fn an_immediate_response_stops_the_chain() {
          \x20     - {name: order, version: 1.0.0, params: {label: b}}\n",
     );
     let (decision, ctx) = run_request(&snap, get("/")).await;
-    let Decision::Respond(response) = decision else { panic!("expected a response, got {decision:?}") };
+    let Decision::Respond(response) = decision else {
+        panic!("expected a response, got {decision:?}")
+    };
     assert_eq!(response.status(), 401);
     assert_eq!(response.body(), br#"{"error":"denied"}"#);
     assert!(ctx.metadata().contains("seen.a"));
-    assert!(!ctx.metadata().contains("seen.b"), "the policy after the response ran");
+    assert!(
+        !ctx.metadata().contains("seen.b"),
+        "the policy after the response ran"
+    );
 }
 
 #[tokio::test]
@@ -75,7 +89,10 @@ async fn a_method_condition_skips_a_get_and_runs_for_a_post() {
         "      - name: order\n        version: 1.0.0\n        condition: 'request.method in [\"POST\", \"PUT\", \"DELETE\"]'\n        params: {label: write}\n",
     );
     let (_, ctx) = run_request(&snap, get("/")).await;
-    assert!(!ctx.request().headers().contains("x-order"), "ran for a GET");
+    assert!(
+        !ctx.request().headers().contains("x-order"),
+        "ran for a GET"
+    );
     let (_, ctx) = run_request(&snap, Request::new("POST", "/")).await;
     assert_eq!(ctx.request().header("x-order"), Some("write"));
 }
@@ -99,7 +116,13 @@ async fn metadata_flows_to_later_conditions_and_to_the_response_phase() {
          \x20     - name: order\n        version: 1.0.0\n        condition: 'metadata[\"auth.user\"] == \"bob\"'\n        params: {label: for-bob}\n",
     );
     let rctx = run_both(&snap, get("/")).await;
-    assert_eq!(rctx.request().headers().get_all("x-order").collect::<Vec<_>>(), ["for-alice"]);
+    assert_eq!(
+        rctx.request()
+            .headers()
+            .get_all("x-order")
+            .collect::<Vec<_>>(),
+        ["for-alice"]
+    );
     assert_eq!(rctx.response().header("x-user"), Some("alice"));
 }
 
@@ -125,7 +148,9 @@ fn failing_then_b(on_failure: &str) -> Snapshot {
 #[tokio::test]
 async fn on_failure_deny_stops_with_the_failing_policy_named() {
     let (decision, ctx) = run_request(&failing_then_b("deny"), get("/")).await;
-    let Decision::Deny(denial) = decision else { panic!("expected a denial, got {decision:?}") };
+    let Decision::Deny(denial) = decision else {
+        panic!("expected a denial, got {decision:?}")
+    };
     assert_eq!(&*denial.policy, "fail:1.0.0");
     assert_eq!(denial.error.to_string(), "backend unreachable");
     assert!(!ctx.metadata().contains("seen.b"));
@@ -134,21 +159,36 @@ async fn on_failure_deny_stops_with_the_failing_policy_named() {
 #[tokio::test]
 async fn on_failure_defaults_to_deny() {
     let snap = route("      - {name: fail, version: 1.0.0}\n");
-    assert!(matches!(run_request(&snap, get("/")).await.0, Decision::Deny(_)));
+    assert!(matches!(
+        run_request(&snap, get("/")).await.0,
+        Decision::Deny(_)
+    ));
 }
 
 #[tokio::test]
 async fn on_failure_continue_runs_the_rest() {
     let (decision, ctx) = run_request(&failing_then_b("continue"), get("/")).await;
     assert!(matches!(decision, Decision::Continue));
-    assert_eq!(ctx.request().headers().get_all("x-order").collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(
+        ctx.request()
+            .headers()
+            .get_all("x-order")
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
 }
 
 #[tokio::test]
 async fn on_failure_skip_remaining_lets_the_request_through_with_earlier_changes() {
     let (decision, ctx) = run_request(&failing_then_b("skip_remaining"), get("/")).await;
     assert!(matches!(decision, Decision::Continue));
-    assert_eq!(ctx.request().headers().get_all("x-order").collect::<Vec<_>>(), ["a"]);
+    assert_eq!(
+        ctx.request()
+            .headers()
+            .get_all("x-order")
+            .collect::<Vec<_>>(),
+        ["a"]
+    );
 }
 
 #[tokio::test]
@@ -187,7 +227,9 @@ async fn an_async_policy_within_its_timeout_completes_and_its_changes_apply() {
 async fn an_async_policy_past_its_timeout_fails_with_a_timeout() {
     let snap = route("      - {name: slow, version: 1.0.0, timeoutMs: 50, params: {ms: 5000}}\n");
     let (decision, ctx) = run_request(&snap, get("/")).await;
-    let Decision::Deny(denial) = decision else { panic!("expected a denial, got {decision:?}") };
+    let Decision::Deny(denial) = decision else {
+        panic!("expected a denial, got {decision:?}")
+    };
     assert_eq!(denial.error.kind(), ErrorKind::Timeout);
     assert_eq!(denial.error.to_string(), "timed out after 50 ms");
     assert!(!ctx.request().headers().contains("x-slow"));
@@ -225,18 +267,42 @@ fn body_and_phase_needs_are_computed_per_chain() {
 }
 
 #[test]
+fn an_instance_with_nothing_to_do_in_a_phase_leaves_it_out() {
+    let snap = snapshot(
+        "version: v1\nroutes:\n\
+         \x20 - route: request-only\n    policies: [{name: meta, version: 1.0.0, params: {key: k, value: v}}]\n\
+         \x20 - route: both\n    policies: [{name: meta, version: 1.0.0, params: {key: k, header: x-k}}]\n",
+    );
+    let request_only = snap.route("request-only").expect("route");
+    assert_eq!(request_only.request_steps().len(), 1);
+    assert!(request_only.response_steps().is_empty());
+    assert!(
+        !request_only.needs().response_headers,
+        "Envoy would send response headers for nothing"
+    );
+    assert!(snap.route("both").expect("route").needs().response_headers);
+}
+
+#[test]
 fn unknown_routes_are_denied_unless_allowed_or_defaulted() {
     let base = "routes:\n  - route: known\n    policies: [{name: order, version: 1.0.0, params: {label: k}}]\n";
     let deny = snapshot(&format!("version: v1\n{base}"));
     assert!(deny.chain_for("other").is_none());
     assert_eq!(deny.chain_for("known").expect("known").route(), "known");
 
-    let allow = snapshot(&format!("version: v1\ndefaults: {{unknownRoute: allow}}\n{base}"));
+    let allow = snapshot(&format!(
+        "version: v1\ndefaults: {{unknownRoute: allow}}\n{base}"
+    ));
     let chain = allow.chain_for("other").expect("allowed");
     assert!(chain.request_steps().is_empty() && chain.response_steps().is_empty());
 
-    let defaulted = snapshot(&format!("version: v1\ndefaults: {{defaultRoute: known}}\n{base}"));
-    assert_eq!(defaulted.chain_for("other").expect("default").route(), "known");
+    let defaulted = snapshot(&format!(
+        "version: v1\ndefaults: {{defaultRoute: known}}\n{base}"
+    ));
+    assert_eq!(
+        defaulted.chain_for("other").expect("default").route(),
+        "known"
+    );
 }
 
 #[tokio::test]

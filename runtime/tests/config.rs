@@ -7,7 +7,10 @@ use support::registry;
 
 fn problems(yaml: &str) -> Vec<Problem> {
     match load(yaml, "routes.yaml", &registry()) {
-        Err(ConfigError::Invalid { problems, source_name }) => {
+        Err(ConfigError::Invalid {
+            problems,
+            source_name,
+        }) => {
             assert_eq!(source_name, "routes.yaml");
             problems
         }
@@ -25,15 +28,27 @@ fn an_unknown_version_is_rejected_with_the_available_versions() {
     let p = problems(&one_route("      - {name: limits, version: 3.0.0}\n"));
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].path, "routes[0].policies[0].version");
-    assert_eq!(p[0].context.as_deref(), Some("route \"api\", policy limits:3.0.0"));
-    assert_eq!(p[0].message, "policy limits has no version \"3.0.0\"; available versions: 1.0.0, 2.0.0");
+    assert_eq!(
+        p[0].context.as_deref(),
+        Some("route \"api\", policy limits:3.0.0")
+    );
+    assert_eq!(
+        p[0].message,
+        "policy limits has no version \"3.0.0\"; available versions: 1.0.0, 2.0.0"
+    );
 }
 
 #[test]
 fn an_unknown_policy_is_rejected_with_the_available_names() {
     let p = problems(&one_route("      - {name: limitz, version: 1.0.0}\n"));
     assert_eq!(p[0].path, "routes[0].policies[0].name");
-    assert!(p[0].message.starts_with("no policy named \"limitz\" is compiled into this engine; available: fail, limits, meta"), "{}", p[0].message);
+    assert!(
+        p[0].message.starts_with(
+            "no policy named \"limitz\" is compiled into this engine; available: fail, limits, meta"
+        ),
+        "{}",
+        p[0].message
+    );
 }
 
 #[test]
@@ -41,7 +56,7 @@ fn three_schema_violations_are_reported_in_one_error() {
     let yaml = one_route(
         "      - name: limits\n        version: 1.0.0\n        params: {requestsPerSecond: -5, burst: 0, keySource: cookie}\n",
     );
-    let err = load(&yaml, "routes.yaml", &registry()).err().expect("rejected");
+    let err = load(&yaml, "routes.yaml", &registry()).expect_err("rejected");
     let p = err.problems();
     assert_eq!(p.len(), 3, "{err}");
     let find = |field: &str| {
@@ -50,19 +65,34 @@ fn three_schema_violations_are_reported_in_one_error() {
             .unwrap_or_else(|| panic!("no problem at {field}: {err}"))
     };
     assert!(find("requestsPerSecond").message.contains("-5"), "{err}");
-    assert!(find("requestsPerSecond").message.contains("minimum"), "{err}");
-    assert!(find("burst").message.contains("less than the minimum of 1"), "{err}");
+    assert!(
+        find("requestsPerSecond").message.contains("minimum"),
+        "{err}"
+    );
+    assert!(
+        find("burst").message.contains("less than the minimum of 1"),
+        "{err}"
+    );
     assert!(find("keySource").message.contains("\"cookie\""), "{err}");
     let text = err.to_string();
-    assert!(text.starts_with("routes.yaml: 3 problems found:\n  - routes[0].policies[0].params."), "{text}");
+    assert!(
+        text.starts_with("routes.yaml: 3 problems found:\n  - routes[0].policies[0].params."),
+        "{text}"
+    );
 }
 
 #[test]
 fn missing_required_and_unknown_parameters_are_reported() {
-    let p = problems(&one_route("      - {name: limits, version: 1.0.0, params: {rps: 1}}\n"));
+    let p = problems(&one_route(
+        "      - {name: limits, version: 1.0.0, params: {rps: 1}}\n",
+    ));
     let text: Vec<String> = p.iter().map(ToString::to_string).collect();
     assert_eq!(p.len(), 2, "{text:?}");
-    assert!(text.iter().any(|t| t.contains("\"requestsPerSecond\" is a required property")), "{text:?}");
+    assert!(
+        text.iter()
+            .any(|t| t.contains("\"requestsPerSecond\" is a required property")),
+        "{text:?}"
+    );
     assert!(text.iter().any(|t| t.contains("rps")), "{text:?}");
 }
 
@@ -81,7 +111,10 @@ fn semantic_parameter_checks_name_the_field() {
         "      - {name: limits, version: 1.0.0, params: {requestsPerSecond: 1, burst: 500}}\n",
     ));
     assert_eq!(p[0].path, "routes[0].policies[0].params.burst");
-    assert_eq!(p[0].message, "burst must be at most 100 times requestsPerSecond");
+    assert_eq!(
+        p[0].message,
+        "burst must be at most 100 times requestsPerSecond"
+    );
 }
 
 #[test]
@@ -91,8 +124,14 @@ fn each_version_validates_against_its_own_schema() {
         \x20 - route: old\n    policies: [{name: limits, version: 1.0.0, params: {requestsPerSecond: 2}}]\n\
         \x20 - route: new\n    policies: [{name: limits, version: 2.0.0, params: {requestsPerSecond: -1}}]\n";
     let snap = load(yaml, "routes.yaml", &registry()).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(snap.route("old").expect("old").request_steps()[0].key(), "limits:1.0.0");
-    assert_eq!(snap.route("new").expect("new").request_steps()[0].key(), "limits:2.0.0");
+    assert_eq!(
+        snap.route("old").expect("old").request_steps()[0].key(),
+        "limits:1.0.0"
+    );
+    assert_eq!(
+        snap.route("new").expect("new").request_steps()[0].key(),
+        "limits:2.0.0"
+    );
 }
 
 #[test]
@@ -123,9 +162,12 @@ fn problems_across_routes_are_all_reported() {
 
 #[test]
 fn unknown_keys_are_parse_errors_that_name_the_key_and_the_file() {
-    let err = load("version: v1\nroutes:\n  - route: a\n    polices: []\n", "routes.yaml", &registry())
-        .err()
-        .expect("rejected");
+    let err = load(
+        "version: v1\nroutes:\n  - route: a\n    polices: []\n",
+        "routes.yaml",
+        &registry(),
+    )
+    .expect_err("rejected");
     assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
     let text = err.to_string();
     assert!(text.starts_with("routes.yaml: "), "{text}");
@@ -134,22 +176,28 @@ fn unknown_keys_are_parse_errors_that_name_the_key_and_the_file() {
 
 #[test]
 fn a_wrong_on_failure_value_is_a_parse_error() {
-    let err = load(&one_route("      - {name: fail, version: 1.0.0, onFailure: ignore}\n"), "r.yaml", &registry())
-        .err()
-        .expect("rejected");
+    let err = load(
+        &one_route("      - {name: fail, version: 1.0.0, onFailure: ignore}\n"),
+        "r.yaml",
+        &registry(),
+    )
+    .expect_err("rejected");
     assert!(err.to_string().contains("ignore"), "{err}");
 }
 
 #[test]
 fn invalid_yaml_is_a_parse_error() {
-    let err = load("version: v1\nroutes: [\n", "r.yaml", &registry()).err().expect("rejected");
+    let err = load("version: v1\nroutes: [\n", "r.yaml", &registry()).expect_err("rejected");
     assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
 }
 
 #[test]
 fn an_oversized_document_is_refused_before_parsing() {
-    let huge = format!("version: v1\n#{}\n", "x".repeat(policy_runtime::config::MAX_DOCUMENT_BYTES));
-    let err = load(&huge, "r.yaml", &registry()).err().expect("rejected");
+    let huge = format!(
+        "version: v1\n#{}\n",
+        "x".repeat(policy_runtime::config::MAX_DOCUMENT_BYTES)
+    );
+    let err = load(&huge, "r.yaml", &registry()).expect_err("rejected");
     assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
 }
 
@@ -162,4 +210,11 @@ fn json_documents_load_too() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(snap.route_names(), ["a"]);
+}
+
+#[test]
+fn a_compiled_phase_the_definition_does_not_declare_is_rejected() {
+    let p = problems(&one_route("      - {name: undeclared, version: 1.0.0}\n"));
+    assert_eq!(p[0].path, "routes[0].policies[0]");
+    assert!(p[0].message.starts_with("the compiled policy implements the response phase but its definition does not declare it"), "{}", p[0].message);
 }

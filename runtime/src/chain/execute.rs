@@ -52,7 +52,10 @@ trait Phase {
     fn eval(condition: &Condition, ctx: &Self::Ctx) -> Result<bool, EvalError>;
     fn invoke<'a>(policy: &'a Self::Policy, ctx: &'a mut Self::Ctx) -> Outcome<'a, Self::Action>;
     /// Applies a `Continue` action and returns `None`, or returns the immediate response.
-    fn settle(ctx: &mut Self::Ctx, action: Self::Action) -> Result<Option<ImmediateResponse>, PolicyError>;
+    fn settle(
+        ctx: &mut Self::Ctx,
+        action: Self::Action,
+    ) -> Result<Option<ImmediateResponse>, PolicyError>;
     fn request_id(ctx: &Self::Ctx) -> &str;
 }
 
@@ -69,18 +72,26 @@ impl Phase for RequestPhase {
         condition.eval_request(ctx)
     }
 
-    fn invoke<'a>(policy: &'a Self::Policy, ctx: &'a mut RequestContext) -> Outcome<'a, RequestAction> {
+    fn invoke<'a>(
+        policy: &'a Self::Policy,
+        ctx: &'a mut RequestContext,
+    ) -> Outcome<'a, RequestAction> {
         policy.on_request(ctx)
     }
 
-    fn settle(ctx: &mut RequestContext, action: RequestAction) -> Result<Option<ImmediateResponse>, PolicyError> {
+    fn settle(
+        ctx: &mut RequestContext,
+        action: RequestAction,
+    ) -> Result<Option<ImmediateResponse>, PolicyError> {
         match action {
             RequestAction::Continue(mods) => {
                 ctx.apply(mods);
                 Ok(None)
             }
             RequestAction::Respond(response) => Ok(Some(response)),
-            _ => Err(PolicyError::new("returned an action this engine does not support")),
+            _ => Err(PolicyError::new(
+                "returned an action this engine does not support",
+            )),
         }
     }
 
@@ -99,18 +110,26 @@ impl Phase for ResponsePhase {
         condition.eval_response(ctx)
     }
 
-    fn invoke<'a>(policy: &'a Self::Policy, ctx: &'a mut ResponseContext) -> Outcome<'a, ResponseAction> {
+    fn invoke<'a>(
+        policy: &'a Self::Policy,
+        ctx: &'a mut ResponseContext,
+    ) -> Outcome<'a, ResponseAction> {
         policy.on_response(ctx)
     }
 
-    fn settle(ctx: &mut ResponseContext, action: ResponseAction) -> Result<Option<ImmediateResponse>, PolicyError> {
+    fn settle(
+        ctx: &mut ResponseContext,
+        action: ResponseAction,
+    ) -> Result<Option<ImmediateResponse>, PolicyError> {
         match action {
             ResponseAction::Continue(mods) => {
                 ctx.apply(mods);
                 Ok(None)
             }
             ResponseAction::Respond(response) => Ok(Some(response)),
-            _ => Err(PolicyError::new("returned an action this engine does not support")),
+            _ => Err(PolicyError::new(
+                "returned an action this engine does not support",
+            )),
         }
     }
 

@@ -10,12 +10,15 @@ fn ctx() -> RequestContext {
     let mut ctx = RequestContext::new(req);
     ctx.metadata_mut().set("auth.user", "alice");
     ctx.metadata_mut().set("auth.level", 3);
-    ctx.metadata_mut().set("auth.roles", serde_json::json!(["admin", "dev"]));
+    ctx.metadata_mut()
+        .set("auth.roles", serde_json::json!(["admin", "dev"]));
     ctx
 }
 
 fn eval(source: &str) -> Result<bool, EvalError> {
-    Condition::compile(source).expect("compiles").eval_request(&ctx())
+    Condition::compile(source)
+        .expect("compiles")
+        .eval_request(&ctx())
 }
 
 #[test]
@@ -31,7 +34,10 @@ fn request_fields_headers_query_and_metadata_resolve() {
         (r#"request.headers["accept"] == "a,b""#, true),
         (r#""x-env" in request.headers"#, true),
         (r#""x-missing" in request.headers"#, false),
-        (r#"request.query["q"] == "a b" && request.query["page"] == "2""#, true),
+        (
+            r#"request.query["q"] == "a b" && request.query["page"] == "2""#,
+            true,
+        ),
         (r#"metadata["auth.user"] == "alice""#, true),
         (r#"metadata["auth.level"] >= 3"#, true),
         (r#""admin" in metadata["auth.roles"]"#, true),
@@ -44,9 +50,18 @@ fn request_fields_headers_query_and_metadata_resolve() {
 
 #[test]
 fn missing_keys_and_non_bool_results_are_errors() {
-    assert!(matches!(eval(r#"request.headers["nope"] == "x""#), Err(EvalError::Execution(_))));
-    assert!(matches!(eval(r#"metadata["nope"]"#), Err(EvalError::Execution(_))));
-    assert!(matches!(eval("request.path"), Err(EvalError::NotBool("string"))));
+    assert!(matches!(
+        eval(r#"request.headers["nope"] == "x""#),
+        Err(EvalError::Execution(_))
+    ));
+    assert!(matches!(
+        eval(r#"metadata["nope"]"#),
+        Err(EvalError::Execution(_))
+    ));
+    assert!(matches!(
+        eval("request.path"),
+        Err(EvalError::NotBool("string"))
+    ));
     // response is undefined in the request phase
     assert!(eval("response.status == 200").is_err());
 }
@@ -65,7 +80,10 @@ fn response_phase_sees_status_and_headers() {
 
 #[test]
 fn compile_rejects_bad_syntax_and_unknown_variables_but_not_macro_variables() {
-    assert!(matches!(Condition::compile("request.path ==").err(), Some(ConditionError::Parse(_))));
+    assert!(matches!(
+        Condition::compile("request.path ==").err(),
+        Some(ConditionError::Parse(_))
+    ));
     assert_eq!(
         Condition::compile("req.path == '/'").err(),
         Some(ConditionError::UnknownVariable("req".into()))

@@ -3,9 +3,7 @@
 
 use cel::ExecutionError;
 use cel::common::traits::{Container, Indexer};
-use cel::common::types::{
-    CelBool, CelDouble, CelInt, CelNull, CelString, CelUInt, MAP_TYPE, Type,
-};
+use cel::common::types::{CelBool, CelDouble, CelInt, CelNull, CelString, CelUInt, MAP_TYPE, Type};
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use policy_sdk::{HeaderMap, Metadata, Request, Response};
@@ -30,7 +28,7 @@ impl VariableResolver for Activation<'_> {
 }
 
 /// The string key of an index or field access.
-fn key<'k>(idx: &'k dyn Val) -> Result<&'k str, ExecutionError> {
+fn key(idx: &dyn Val) -> Result<&str, ExecutionError> {
     <&str>::try_from(idx).map_err(|_| ExecutionError::UnexpectedType {
         got: idx.get_type().name().to_owned(),
         want: "string".to_owned(),
@@ -152,7 +150,9 @@ impl<'a> Indexer for HeadersVal<'a> {
         let headers: &'a HeaderMap = self.0;
         let name = key(idx)?;
         let mut values = headers.get_all(name);
-        let first = values.next().ok_or_else(|| ExecutionError::no_such_key(name))?;
+        let first = values
+            .next()
+            .ok_or_else(|| ExecutionError::no_such_key(name))?;
         Ok(match values.next() {
             None => string(first),
             Some(second) => {
@@ -229,7 +229,9 @@ impl<'a> Indexer for MetadataVal<'a> {
     {
         let meta: &'a Metadata = self.0;
         let name = key(idx)?;
-        let value = meta.get(name).ok_or_else(|| ExecutionError::no_such_key(name))?;
+        let value = meta
+            .get(name)
+            .ok_or_else(|| ExecutionError::no_such_key(name))?;
         json_to_cel(value)
     }
 
@@ -259,8 +261,8 @@ fn json_to_cel<'b, 'v>(value: &'v serde_json::Value) -> Result<CowVal<'b, 'v>, E
             (_, _, f) => CowVal::owned(CelDouble::from(f.unwrap_or(f64::NAN))),
         },
         J::Array(_) | J::Object(_) => {
-            let converted = cel::to_value(value)
-                .map_err(|e| ExecutionError::function_error("metadata", e))?;
+            let converted =
+                cel::to_value(value).map_err(|e| ExecutionError::function_error("metadata", e))?;
             let boxed: Box<dyn Val> = converted
                 .try_into()
                 .map_err(|_| ExecutionError::function_error("metadata", "unconvertible value"))?;

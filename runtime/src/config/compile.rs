@@ -1,7 +1,7 @@
 //! Raw configuration -> validated, instantiated [`Snapshot`].
 
-use super::raw::{RawConfig, RawPolicy, UnknownRoute};
 use super::Problem;
+use super::raw::{RawConfig, RawPolicy, UnknownRoute};
 use crate::chain::{Chain, Step};
 use crate::condition::Condition;
 use crate::definition::Phase;
@@ -20,21 +20,36 @@ const DEFAULT_TIMEOUT_MS: u64 = 1000;
 const MAX_TIMEOUT_MS: u64 = 60_000;
 
 /// Compiles `raw`; on failure returns every problem found.
-pub(super) fn compile(raw: RawConfig, source_name: &str, registry: &Registry) -> Result<Snapshot, Vec<Problem>> {
+pub(super) fn compile(
+    raw: RawConfig,
+    source_name: &str,
+    registry: &Registry,
+) -> Result<Snapshot, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut report = |path: String, context: Option<String>, message: String| {
-        problems.push(Problem { path, context, message });
+        problems.push(Problem {
+            path,
+            context,
+            message,
+        });
     };
 
     if raw.version != SUPPORTED_VERSION {
         report(
             "version".into(),
             None,
-            format!("unsupported version {:?}; this engine reads version: {SUPPORTED_VERSION}", raw.version),
+            format!(
+                "unsupported version {:?}; this engine reads version: {SUPPORTED_VERSION}",
+                raw.version
+            ),
         );
     }
     if raw.routes.len() > MAX_ROUTES {
-        report("routes".into(), None, format!("{} routes; the limit is {MAX_ROUTES}", raw.routes.len()));
+        report(
+            "routes".into(),
+            None,
+            format!("{} routes; the limit is {MAX_ROUTES}", raw.routes.len()),
+        );
     }
     let default_timeout = match raw.defaults.policy_timeout_ms {
         None => Duration::from_millis(DEFAULT_TIMEOUT_MS),
@@ -48,15 +63,26 @@ pub(super) fn compile(raw: RawConfig, source_name: &str, registry: &Registry) ->
     for (r, route) in raw.routes.iter().enumerate() {
         let route_path = format!("routes[{r}]");
         if route.route.is_empty() {
-            report(format!("{route_path}.route"), None, "the route name is empty".into());
+            report(
+                format!("{route_path}.route"),
+                None,
+                "the route name is empty".into(),
+            );
         } else if routes.contains_key(&route.route) {
-            report(format!("{route_path}.route"), None, format!("route {:?} is listed twice", route.route));
+            report(
+                format!("{route_path}.route"),
+                None,
+                format!("route {:?} is listed twice", route.route),
+            );
         }
         if route.policies.len() > MAX_POLICIES_PER_ROUTE {
             report(
                 format!("{route_path}.policies"),
                 Some(format!("route {:?}", route.route)),
-                format!("{} policies; the limit is {MAX_POLICIES_PER_ROUTE}", route.policies.len()),
+                format!(
+                    "{} policies; the limit is {MAX_POLICIES_PER_ROUTE}",
+                    route.policies.len()
+                ),
             );
             continue;
         }
@@ -64,8 +90,13 @@ pub(super) fn compile(raw: RawConfig, source_name: &str, registry: &Registry) ->
         let mut response_steps = Vec::new();
         for (p, policy) in route.policies.iter().enumerate() {
             let path = format!("{route_path}.policies[{p}]");
-            let context = format!("route {:?}, policy {}:{}", route.route, policy.name, policy.version);
-            let mut fail = |at: &str, message: String| report(format!("{path}{at}"), Some(context.clone()), message);
+            let context = format!(
+                "route {:?}, policy {}:{}",
+                route.route, policy.name, policy.version
+            );
+            let mut fail = |at: &str, message: String| {
+                report(format!("{path}{at}"), Some(context.clone()), message)
+            };
             let Some(built) = build_policy(policy, registry, default_timeout, &mut fail) else {
                 continue;
             };
@@ -111,7 +142,9 @@ pub(super) fn compile(raw: RawConfig, source_name: &str, registry: &Registry) ->
                 report(
                     "defaults.defaultRoute".into(),
                     None,
-                    format!("no route named {name:?} is configured; name one of the routes or remove defaultRoute"),
+                    format!(
+                        "no route named {name:?} is configured; name one of the routes or remove defaultRoute"
+                    ),
                 );
             }
             chain
@@ -150,7 +183,10 @@ fn build_policy<'r>(
     let condition = match &policy.condition {
         None => None,
         Some(source) if source.len() > MAX_CONDITION_BYTES => {
-            fail(".condition", format!("{} bytes; the limit is {MAX_CONDITION_BYTES}", source.len()));
+            fail(
+                ".condition",
+                format!("{} bytes; the limit is {MAX_CONDITION_BYTES}", source.len()),
+            );
             None
         }
         Some(source) => Condition::compile(source)
@@ -176,7 +212,11 @@ fn build_policy<'r>(
                 format!(
                     "no policy named {:?} is compiled into this engine; available: {}",
                     policy.name,
-                    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
                 ),
             );
         } else {
@@ -193,11 +233,18 @@ fn build_policy<'r>(
         return None;
     };
 
-    let params = policy.params.clone().unwrap_or_else(|| Value::Object(Default::default()));
+    let params = policy
+        .params
+        .clone()
+        .unwrap_or_else(|| Value::Object(Default::default()));
     let violations = registered.params_schema().check(&params);
     if !violations.is_empty() {
         for v in violations {
-            let at = if v.path.is_empty() { ".params".to_owned() } else { format!(".params.{}", v.path) };
+            let at = if v.path.is_empty() {
+                ".params".to_owned()
+            } else {
+                format!(".params.{}", v.path)
+            };
             fail(&at, v.message);
         }
         return None;
@@ -205,23 +252,24 @@ fn build_policy<'r>(
     let instance = match (registered.factory())(params) {
         Ok(instance) => instance,
         Err(error) => {
-            let at = error.field().map_or_else(|| ".params".to_owned(), |f| format!(".params.{f}"));
+            let at = error
+                .field()
+                .map_or_else(|| ".params".to_owned(), |f| format!(".params.{f}"));
             fail(&at, error.to_string());
             return None;
         }
     };
     let definition = registered.definition();
+    // An instance may leave out a declared phase it has nothing to do in; it may never add one.
     for (phase, present) in [
         (Phase::Request, instance.request().is_some()),
         (Phase::Response, instance.response().is_some()),
     ] {
-        if definition.has_phase(phase) != present {
+        if present && !definition.has_phase(phase) {
             fail(
                 "",
                 format!(
-                    "the compiled policy {} the {phase} phase but its definition {}; rebuild the engine with policy-builder, which checks both agree",
-                    if present { "implements" } else { "does not implement" },
-                    if present { "does not declare it" } else { "declares it" },
+                    "the compiled policy implements the {phase} phase but its definition does not declare it; rebuild the engine with policy-builder, which checks both agree"
                 ),
             );
             return None;
@@ -240,6 +288,8 @@ fn checked_timeout(ms: u64) -> Result<Duration, String> {
     if (1..=MAX_TIMEOUT_MS).contains(&ms) {
         Ok(Duration::from_millis(ms))
     } else {
-        Err(format!("{ms} is out of range; use 1 to {MAX_TIMEOUT_MS} milliseconds"))
+        Err(format!(
+            "{ms} is out of range; use 1 to {MAX_TIMEOUT_MS} milliseconds"
+        ))
     }
 }

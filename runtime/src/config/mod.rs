@@ -26,10 +26,11 @@ pub fn load(text: &str, source_name: &str, registry: &Registry) -> Result<Snapsh
             limit: MAX_DOCUMENT_BYTES,
         });
     }
-    let raw: raw::RawConfig = serde_saphyr::from_str(text).map_err(|source| ConfigError::Parse {
-        source_name: source_name.to_owned(),
-        source,
-    })?;
+    let raw: raw::RawConfig =
+        serde_saphyr::from_str(text).map_err(|source| ConfigError::Parse {
+            source_name: source_name.to_owned(),
+            source: Box::new(source),
+        })?;
     compile::compile(raw, source_name, registry).map_err(|problems| ConfigError::Invalid {
         source_name: source_name.to_owned(),
         problems,

@@ -15,7 +15,11 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.path.is_empty() { "(document)" } else { &self.path })?;
+        f.write_str(if self.path.is_empty() {
+            "(document)"
+        } else {
+            &self.path
+        })?;
         if let Some(context) = &self.context {
             write!(f, " ({context})")?;
         }
@@ -45,7 +49,7 @@ pub enum ConfigError {
         source_name: String,
         /// The parser's report, with line and column.
         #[source]
-        source: serde_saphyr::Error,
+        source: Box<serde_saphyr::Error>,
     },
     /// The document parses but does not hold together.
     #[error("{source_name}: {} problem{} found:\n{}", problems.len(), if problems.len() == 1 { "" } else { "s" }, list(problems))]

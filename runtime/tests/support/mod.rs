@@ -97,7 +97,10 @@ pub mod respond {
 
     impl RequestPolicy for Respond {
         fn on_request<'a>(&'a self, _: &'a mut RequestContext) -> Outcome<'a, RequestAction> {
-            Outcome::ready(ImmediateResponse::json(self.0, &serde_json::json!({"error": "denied"})))
+            Outcome::ready(ImmediateResponse::json(
+                self.0,
+                &serde_json::json!({"error": "denied"}),
+            ))
         }
     }
 
@@ -144,10 +147,16 @@ pub mod meta {
         fn on_response<'a>(&'a self, ctx: &'a mut ResponseContext) -> Outcome<'a, ResponseAction> {
             let mut mods = UpstreamResponseMods::new();
             if let (Some(header), Some(value)) = (&self.0.header, ctx.metadata().get(&self.0.key)) {
-                let text = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+                let text = value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_owned);
                 mods = mods.set_header(header, text);
             }
             Outcome::ready(mods)
+        }
+
+        fn wants_responses(&self) -> bool {
+            self.0.header.is_some()
         }
     }
 
@@ -183,7 +192,9 @@ pub mod slow {
             Outcome::pending(async move {
                 tokio::time::sleep(self.0).await;
                 ctx.metadata_mut().set("slow.done", true);
-                Ok(UpstreamRequestMods::new().set_header("x-slow", "done").into())
+                Ok(UpstreamRequestMods::new()
+                    .set_header("x-slow", "done")
+                    .into())
             })
         }
     }
@@ -219,8 +230,13 @@ pub mod limits {
     impl Policy for Limits {
         type Params = Params;
         fn new(p: Params) -> Result<Self, PolicyError> {
-            if p.burst.is_some_and(|b| b as f64 > p.requests_per_second * 100.0) {
-                return Err(PolicyError::invalid_param("burst", "must be at most 100 times requestsPerSecond"));
+            if p.burst
+                .is_some_and(|b| b as f64 > p.requests_per_second * 100.0)
+            {
+                return Err(PolicyError::invalid_param(
+                    "burst",
+                    "must be at most 100 times requestsPerSecond",
+                ));
             }
             Ok(Limits)
         }
@@ -248,6 +264,38 @@ pub mod limits {
     }
 }
 
+/// Exports a response hook its definition does not declare (what the builder prevents).
+pub mod undeclared {
+    use super::*;
+
+    pub struct Undeclared;
+
+    impl Policy for Undeclared {
+        type Params = serde_json::Value;
+        fn new(_: Self::Params) -> Result<Self, PolicyError> {
+            Ok(Undeclared)
+        }
+    }
+
+    impl RequestPolicy for Undeclared {
+        fn on_request<'a>(&'a self, _: &'a mut RequestContext) -> Outcome<'a, RequestAction> {
+            Outcome::ready(RequestAction::pass())
+        }
+    }
+
+    impl ResponsePolicy for Undeclared {
+        fn on_response<'a>(&'a self, _: &'a mut ResponseContext) -> Outcome<'a, ResponseAction> {
+            Outcome::ready(ResponseAction::pass())
+        }
+    }
+
+    policy_sdk::export_policy!(
+        Undeclared,
+        phases = [request, response],
+        definition = "name: undeclared\nversion: 1.0.0\ndescription: test\nphases: [request]\n"
+    );
+}
+
 /// A registry with every test policy.
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
@@ -259,6 +307,7 @@ pub fn registry() -> Registry {
         slow::policy_export(),
         limits::v1::policy_export(),
         limits::v2::policy_export(),
+        undeclared::policy_export(),
     ] {
         registry.register(export).expect("test policies register");
     }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every check and test of the project: formatting, lints, the SDK's dependency rule, unit,
+# integration and doc tests. Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "dependency rule: policy-sdk and the runtime core use no gRPC"
+scripts/check-deps.sh
+
+step "unit and integration tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  echo "cargo-nextest not found; using cargo test"
+  cargo test --workspace --locked --no-fail-fast --lib --bins --tests
+fi
+
+step "doc tests"
+cargo test --workspace --locked --doc
