@@ -15,7 +15,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "dependency rule: policy-sdk and the runtime core use no gRPC"
 scripts/check-deps.sh
 
-step "unit and integration tests"
+step "doc tests"
+cargo test --workspace --locked --doc
+
+step "unit and integration tests (nextest when installed)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else
@@ -23,5 +26,3 @@ else
   cargo test --workspace --locked --no-fail-fast --lib --bins --tests
 fi
 
-step "doc tests"
-cargo test --workspace --locked --doc
