@@ -11,3 +11,12 @@ pub use chain::{Chain, Decision, Denial, Needs};
 pub use config::{ConfigError, Problem, load};
 pub use registry::{RegisteredPolicy, Registry, RegistryError};
 pub use snapshot::Snapshot;
+
+#[cfg(feature = "server")]
+pub mod cli;
+#[cfg(feature = "server")]
+pub mod reload;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub use cli::run;

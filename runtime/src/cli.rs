@@ -1,0 +1,231 @@
+//! The engine's command line: what a built `policy-engine` binary runs.
+//!
+//! The builder's generated `main` registers the manifest's policies and calls [`run`].
+
+use crate::reload::{FileSource, Reload};
+use crate::server::{EngineState, ExtProc, RouteKey, ServerOptions};
+use crate::{Registry, load};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+/// A policy engine for Envoy's external processing filter.
+#[derive(Debug, Parser)]
+#[command(name = "policy-engine", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve ext_proc (the default).
+    Serve(ServeArgs),
+    /// Check a route configuration file against the compiled-in policies and exit.
+    Validate {
+        /// The route configuration file.
+        config: PathBuf,
+    },
+    /// Print the compiled-in policies (name, version, phases, parameter schema) as JSON.
+    Policies,
+    /// Print the build information as JSON.
+    BuildInfo,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Where to serve ext_proc: HOST:PORT, or unix:/PATH for a Unix socket.
+    #[arg(long, env = "POLICY_ENGINE_LISTEN", default_value = "127.0.0.1:9001")]
+    listen: String,
+    /// The route configuration file (reloaded when it changes, and on SIGHUP).
+    #[arg(long, env = "POLICY_ENGINE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `policy_runtime=debug`.
+    #[arg(long, env = "POLICY_ENGINE_LOG", default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, env = "POLICY_ENGINE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Where the route key comes from: attribute:<name> or header:<name>.
+    #[arg(long, default_value = "attribute:xds.route_name")]
+    route_key: RouteKey,
+    /// The largest request or response body a chain accepts, in bytes (413 past it).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Most concurrent ext_proc streams per connection from Envoy.
+    #[arg(long, default_value_t = 10_000)]
+    max_concurrent_streams: u32,
+    /// Runtime worker threads; 0 runs everything on one thread.
+    #[arg(long, env = "POLICY_ENGINE_WORKERS", default_value_t = 1)]
+    workers: usize,
+    /// How often the configuration file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    reload_interval_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Runs the engine's command line with the compiled-in `registry`; `build_info` is what
+/// `build-info` prints. Returns the process exit code.
+pub fn run(registry: Registry, build_info: serde_json::Value) -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => serve(cli.serve, registry, &build_info),
+        Some(Command::Serve(args)) => serve(args, registry, &build_info),
+        Some(Command::Validate { config }) => validate(&config, &registry),
+        Some(Command::Policies) => print_json(&policies(&registry)),
+        Some(Command::BuildInfo) => print_json(&build_info),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("policy-engine: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn policies(registry: &Registry) -> serde_json::Value {
+    registry
+        .iter()
+        .map(|p| serde_json::to_value(p.definition()).unwrap_or_default())
+        .collect()
+}
+
+fn validate(config: &PathBuf, registry: &Registry) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let snapshot = load(&text, &config.display().to_string(), registry)?;
+    println!(
+        "{}: valid ({} routes)",
+        config.display(),
+        snapshot.route_names().len()
+    );
+    Ok(())
+}
+
+fn serve(
+    args: ServeArgs,
+    registry: Registry,
+    build_info: &serde_json::Value,
+) -> anyhow::Result<()> {
+    init_logging(&args)?;
+    let mut runtime = if args.workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(args.workers);
+        b
+    };
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve_async(args, registry, build_info))
+}
+
+fn init_logging(args: &ServeArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&args.log_level)
+        .with_context(|| format!("--log-level {:?}", args.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match args.log_format {
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("initialising logs: {e}"))
+}
+
+async fn serve_async(
+    args: ServeArgs,
+    registry: Registry,
+    build_info: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let Some(config) = args.config.clone() else {
+        bail!("no route configuration: pass --config FILE (or set POLICY_ENGINE_CONFIG)");
+    };
+    tracing::info!(policies = registry.len(), build = %build_info, "policy engine starting");
+    let state = EngineState::new();
+    let mut source = FileSource::new(config, Arc::new(registry), Arc::clone(&state));
+    if source.reload(true).await != Reload::Applied {
+        tracing::warn!(file = %source.path().display(), "no valid configuration yet: answering 503 until one loads");
+    }
+    let watcher =
+        tokio::spawn(source.watch(Duration::from_millis(args.reload_interval_ms.max(50))));
+
+    let options = ServerOptions {
+        route_key: args.route_key.clone(),
+        max_body_bytes: args.max_body_bytes,
+    };
+    let service = ExtProc::new(state, options).into_service();
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(args.max_concurrent_streams)
+        .add_service(service);
+
+    let result = if let Some(path) = args.listen.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+        let listener =
+            tokio::net::UnixListener::bind(path).with_context(|| format!("binding {path}"))?;
+        announce(&args.listen);
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        server
+            .serve_with_incoming_shutdown(incoming, shutdown())
+            .await
+    } else {
+        let addr: SocketAddr = args.listen.parse().with_context(|| {
+            format!("--listen {:?} is not HOST:PORT or unix:/PATH", args.listen)
+        })?;
+        let incoming = tonic::transport::server::TcpIncoming::bind(addr)
+            .with_context(|| format!("binding {addr}"))?
+            .with_nodelay(Some(true));
+        let bound = incoming.local_addr().context("reading the bound address")?;
+        announce(&bound.to_string());
+        server
+            .serve_with_incoming_shutdown(incoming, shutdown())
+            .await
+    };
+    watcher.abort();
+    result.context("serving ext_proc")
+}
+
+/// Prints the address on stdout, the machine-readable signal that the engine accepts streams.
+fn announce(address: &str) {
+    tracing::info!(address, "serving ext_proc");
+    println!("policy-engine listening on {address}");
+}
+
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down: finishing streams in flight");
+}

@@ -1,0 +1,187 @@
+//! The ext_proc gRPC server: Envoy's External Processing API over the policy core.
+//!
+//! `translate` owns every Envoy type; `stream` runs one exchange per gRPC stream; `rescue` turns
+//! failures into client responses.
+
+mod rescue;
+mod stream;
+mod translate;
+
+use crate::Snapshot;
+use arc_swap::ArcSwapOption;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
+    ExternalProcessor, ExternalProcessorServer,
+};
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use futures_util::Stream;
+use policy_sdk::Request;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use stream::Exchange;
+use tonic::{Status, Streaming};
+
+/// The configuration requests run against: none until the first valid document loads.
+#[derive(Debug, Default)]
+pub struct EngineState {
+    snapshot: ArcSwapOption<Snapshot>,
+}
+
+impl EngineState {
+    /// A state with no configuration (every request gets 503 until one is installed).
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Swaps in a new snapshot; streams already running keep the chain they started with.
+    pub fn install(&self, snapshot: Snapshot) {
+        self.snapshot.store(Some(Arc::new(snapshot)));
+    }
+
+    /// The current snapshot.
+    pub fn current(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.load_full()
+    }
+
+    /// Whether a valid configuration is loaded.
+    pub fn is_ready(&self) -> bool {
+        self.snapshot.load().is_some()
+    }
+}
+
+/// Where the route key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteKey {
+    /// An Envoy attribute from `request_attributes`, by default `xds.route_name`.
+    Attribute(String),
+    /// A request header; use only one Envoy sets itself, since clients can send any header.
+    Header(String),
+}
+
+impl Default for RouteKey {
+    fn default() -> Self {
+        RouteKey::Attribute("xds.route_name".to_owned())
+    }
+}
+
+impl FromStr for RouteKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some(("attribute", name)) if !name.is_empty() => {
+                Ok(RouteKey::Attribute(name.to_owned()))
+            }
+            Some(("header", name)) if !name.is_empty() => {
+                Ok(RouteKey::Header(name.to_ascii_lowercase()))
+            }
+            _ => Err(format!(
+                "{s:?} is not a route key source; use attribute:<name> (e.g. attribute:xds.route_name) or header:<name>"
+            )),
+        }
+    }
+}
+
+impl RouteKey {
+    fn find<'a>(
+        &self,
+        msg: &'a ProcessingRequest,
+        request: Option<&'a Request>,
+    ) -> Option<&'a str> {
+        match self {
+            RouteKey::Attribute(name) => translate::attribute(msg, name),
+            RouteKey::Header(name) => request?.header(name),
+        }
+    }
+}
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Where the route key comes from.
+    pub route_key: RouteKey,
+    /// The largest request or response body a chain accepts (413 past it).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            route_key: RouteKey::default(),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+struct Shared {
+    state: Arc<EngineState>,
+    options: ServerOptions,
+}
+
+/// The ext_proc service.
+#[derive(Clone)]
+pub struct ExtProc {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ExtProc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExtProc")
+            .field("options", &self.shared.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExtProc {
+    /// A service answering from `state`.
+    pub fn new(state: Arc<EngineState>, options: ServerOptions) -> Self {
+        ExtProc {
+            shared: Arc::new(Shared { state, options }),
+        }
+    }
+
+    /// The tonic service, with the decode limit raised to fit the largest body plus headers.
+    pub fn into_service(self) -> ExternalProcessorServer<Self> {
+        let limit = self
+            .shared
+            .options
+            .max_body_bytes
+            .saturating_add(1024 * 1024);
+        ExternalProcessorServer::new(self).max_decoding_message_size(limit)
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for ExtProc {
+    type ProcessStream = ResponseStream;
+
+    async fn process(
+        &self,
+        request: tonic::Request<Streaming<ProcessingRequest>>,
+    ) -> Result<tonic::Response<Self::ProcessStream>, Status> {
+        let inbound = request.into_inner();
+        let exchange = Exchange::new(Arc::clone(&self.shared));
+        // One response per message, in order, on this task: no spawn, no channel.
+        let responses =
+            futures_util::stream::unfold(Some((inbound, exchange)), |state| async move {
+                let (mut inbound, mut exchange) = state?;
+                match inbound.message().await {
+                    Ok(Some(msg)) => match exchange.handle(msg).await {
+                        Ok(response) => Some((Ok(response), Some((inbound, exchange)))),
+                        Err(error) => {
+                            tracing::warn!(%error, "ext_proc protocol error: closing the stream");
+                            Some((Err(Status::invalid_argument(error.to_string())), None))
+                        }
+                    },
+                    Ok(None) => None,
+                    Err(status) => {
+                        tracing::debug!(%status, "ext_proc stream ended by Envoy");
+                        None
+                    }
+                }
+            });
+        Ok(tonic::Response::new(Box::pin(responses)))
+    }
+}
