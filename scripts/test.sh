@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project: formatting, lints, the SDK's dependency rule, unit,
-# integration and doc tests. Usage: scripts/test.sh
+# integration, doc and end-to-end tests (through a real Envoy 1.36.2, installed into .venv on
+# first use). Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +19,12 @@ scripts/check-deps.sh
 step "doc tests"
 cargo test --workspace --locked --doc
 
-step "unit and integration tests (nextest when installed)"
+step "Envoy 1.36.2 for the end-to-end tests"
+ENVOY_BIN="$(scripts/install-envoy.sh)"
+export ENVOY_BIN
+"$ENVOY_BIN" --version
+
+step "unit, integration and end-to-end tests (nextest when installed)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else

@@ -92,29 +92,34 @@ impl FileSource {
         }
     }
 
-    /// Reloads every `interval` and on SIGHUP until the task is dropped.
-    pub async fn watch(mut self, interval: Duration) {
+    /// Reloads every `interval` and on SIGHUP until the returned future is dropped.
+    ///
+    /// The SIGHUP handler is installed when this is called (inside a Tokio runtime), not when
+    /// the future first runs, so a signal sent right after start-up cannot kill the process.
+    pub fn watch(mut self, interval: Duration) -> impl std::future::Future<Output = ()> {
         #[cfg(unix)]
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        loop {
-            #[cfg(unix)]
-            let force = match hangup.as_mut() {
-                Some(signal) => tokio::select! {
-                    _ = tokio::time::sleep(interval) => false,
-                    _ = signal.recv() => { tracing::info!("SIGHUP: reloading the configuration"); true }
-                },
-                None => {
+        async move {
+            loop {
+                #[cfg(unix)]
+                let force = match hangup.as_mut() {
+                    Some(signal) => tokio::select! {
+                        _ = tokio::time::sleep(interval) => false,
+                        _ = signal.recv() => { tracing::info!("SIGHUP: reloading the configuration"); true }
+                    },
+                    None => {
+                        tokio::time::sleep(interval).await;
+                        false
+                    }
+                };
+                #[cfg(not(unix))]
+                let force = {
                     tokio::time::sleep(interval).await;
                     false
-                }
-            };
-            #[cfg(not(unix))]
-            let force = {
-                tokio::time::sleep(interval).await;
-                false
-            };
-            self.reload(force).await;
+                };
+                self.reload(force).await;
+            }
         }
     }
 }

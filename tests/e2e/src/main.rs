@@ -1,0 +1,28 @@
+//! `dev-engine`: the engine with the sample policies that exist so far and a few test policies,
+//! for development and the end-to-end tests (the builder produces the real `policy-engine`).
+
+mod policies;
+
+use policy_runtime::Registry;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let mut registry = Registry::new();
+    for export in [
+        set_header::policy_export(),
+        policies::require_header::policy_export(),
+        policies::quota::policy_export(),
+        policies::meta_header::policy_export(),
+        policies::body_rewrite::policy_export(),
+        policies::fail::policy_export(),
+        policies::reroute::policy_export(),
+    ] {
+        if let Err(error) = registry.register(export) {
+            eprintln!("dev-engine: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let build_info =
+        serde_json::json!({"engine": "dev-engine", "version": env!("CARGO_PKG_VERSION")});
+    policy_runtime::run(registry, build_info)
+}

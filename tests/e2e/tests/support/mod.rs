@@ -1,0 +1,353 @@
+//! The end-to-end stack: the echo upstream, the development engine and a real Envoy, each on
+//! free loopback ports, stopped when the [`Stack`] drops.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod http;
+pub mod upstream;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub use http::{Reply, Request};
+pub use upstream::Upstream;
+
+/// The routes of the generated Envoy configuration: `(path prefix, route name)`. Everything
+/// else goes to the route named `other`.
+pub const ROUTES: [(&str, &str); 7] = [
+    ("/public", "public"),
+    ("/private", "private"),
+    ("/body", "body"),
+    ("/cel", "cel"),
+    ("/meta", "meta"),
+    ("/short", "short"),
+    ("/fail", "fail"),
+];
+
+/// The Envoy binary: `$ENVOY_BIN`, else the one `scripts/install-envoy.sh` put in `.venv`.
+pub fn envoy_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ENVOY_BIN") {
+        return bin.into();
+    }
+    let local = repo_root().join(".venv/bin/envoy");
+    assert!(
+        local.exists(),
+        "no Envoy found: run scripts/install-envoy.sh (or set ENVOY_BIN)"
+    );
+    local
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "policy-e2e-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create a scratch directory");
+        Scratch(dir)
+    }
+
+    /// A path inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Upstream, engine and Envoy, ready for requests.
+pub struct Stack {
+    pub upstream: Upstream,
+    /// Envoy's listener port.
+    pub port: u16,
+    admin_port: u16,
+    engine_pid: u32,
+    // Drop order: Envoy first, then the engine, then the files.
+    _envoy: Process,
+    _engine: Process,
+    pub scratch: Scratch,
+}
+
+impl Stack {
+    /// Starts everything with `config` as the engine's route configuration file.
+    pub fn start(config: &str) -> Stack {
+        Stack::start_with(Some(config), &[])
+    }
+
+    /// Starts everything; `config: None` leaves the configuration file absent. `engine_args`
+    /// are added to the engine's command line.
+    pub fn start_with(config: Option<&str>, engine_args: &[&str]) -> Stack {
+        let scratch = Scratch::new();
+        let upstream = Upstream::start();
+        if let Some(config) = config {
+            std::fs::write(scratch.path("routes.yaml"), config).expect("write the config");
+        }
+        let (engine, engine_port) = start_engine(&scratch, engine_args);
+        let engine_pid = engine.0.id();
+        let admin_port = free_port();
+        let port = free_port();
+        let bootstrap = bootstrap(port, admin_port, engine_port, upstream.port);
+        std::fs::write(scratch.path("envoy.yaml"), bootstrap).expect("write the bootstrap");
+        let envoy = start_envoy(&scratch, admin_port);
+        Stack {
+            upstream,
+            port,
+            admin_port,
+            engine_pid,
+            _envoy: envoy,
+            _engine: engine,
+            scratch,
+        }
+    }
+
+    /// Sends `request` through Envoy.
+    pub fn send(&self, request: Request<'_>) -> Reply {
+        request
+            .send(self.port)
+            .unwrap_or_else(|e| panic!("request through Envoy failed: {e}"))
+    }
+
+    /// Replaces the route configuration file atomically (write, then rename over it).
+    pub fn write_config(&self, config: &str) {
+        let staged = self.scratch.path("routes.yaml.new");
+        std::fs::write(&staged, config).expect("write the new config");
+        std::fs::rename(&staged, self.config_path()).expect("swap the config");
+    }
+
+    /// The route configuration file the engine watches.
+    pub fn config_path(&self) -> PathBuf {
+        self.scratch.path("routes.yaml")
+    }
+
+    /// Everything the engine logged so far.
+    pub fn engine_logs(&self) -> String {
+        std::fs::read_to_string(self.scratch.path("engine.log")).unwrap_or_default()
+    }
+
+    /// Waits until the engine's log contains `needle`; panics with the log after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let logs = self.engine_logs();
+            if logs.contains(needle) {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the engine never logged {needle:?}; its log:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGHUP to the engine.
+    pub fn hangup_engine(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.engine_pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
+    /// The value of Envoy counter `name` (e.g. `http.e2e.ext_proc.stream_msgs_sent`).
+    pub fn envoy_counter(&self, name: &str) -> u64 {
+        let path = format!("/stats?filter=^{}$", name.replace('.', "\\."));
+        let reply = Request::get(&path)
+            .send(self.admin_port)
+            .expect("query Envoy's admin");
+        reply
+            .text()
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free port")
+        .port()
+}
+
+fn start_engine(scratch: &Scratch, extra: &[&str]) -> (Process, u16) {
+    let log = std::fs::File::create(scratch.path("engine.log")).expect("create the engine log");
+    let config = scratch.path("routes.yaml");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dev-engine"));
+    command.args(["--listen", "127.0.0.1:0"]);
+    if !extra.contains(&"--reload-interval-ms") {
+        command.args(["--reload-interval-ms", "100"]);
+    }
+    let mut child = command
+        .arg("--config")
+        .arg(&config)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("start dev-engine");
+    let stdout = child.stdout.take().expect("engine stdout");
+    let process = Process(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(address) = line.strip_prefix("policy-engine listening on ") {
+                let _ = tx.send(address.to_owned());
+            }
+        }
+    });
+    let address = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| {
+            panic!(
+                "the engine did not start; its log:\n{}",
+                std::fs::read_to_string(scratch.path("engine.log")).unwrap_or_default()
+            )
+        });
+    let port = address
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the engine's port");
+    (process, port)
+}
+
+fn start_envoy(scratch: &Scratch, admin_port: u16) -> Process {
+    let log = std::fs::File::create(scratch.path("envoy.log")).expect("create the Envoy log");
+    let child = Command::new(envoy_bin())
+        .arg("-c")
+        .arg(scratch.path("envoy.yaml"))
+        .args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warning",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start Envoy");
+    let process = Process(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if Request::get("/ready")
+            .send(admin_port)
+            .is_ok_and(|reply| reply.status == 200)
+        {
+            return process;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Envoy did not become ready; its log:\n{}",
+            std::fs::read_to_string(scratch.path("envoy.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The Envoy configuration under test; `docs/envoy.md` explains each ext_proc setting.
+fn bootstrap(port: u16, admin_port: u16, engine_port: u16, upstream_port: u16) -> String {
+    let mut routes = String::new();
+    for (prefix, name) in ROUTES
+        .iter()
+        .copied()
+        .chain(std::iter::once(("/", "other")))
+    {
+        routes.push_str(&format!(
+            "              - name: {name}\n                match: {{prefix: \"{prefix}\"}}\n                route: {{cluster: upstream}}\n"
+        ));
+    }
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
+static_resources:
+  listeners:
+  - name: ingress
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: e2e
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+{routes}          http_filters:
+          - name: envoy.filters.http.ext_proc
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service:
+                envoy_grpc: {{cluster_name: policy_engine}}
+                timeout: 5s
+              failure_mode_allow: false
+              allow_mode_override: true
+              message_timeout: 2s
+              request_attributes: [xds.route_name]
+              mutation_rules: {{allow_all_routing: true}}
+              processing_mode:
+                request_header_mode: SEND
+                response_header_mode: SKIP
+                request_body_mode: NONE
+                response_body_mode: NONE
+                request_trailer_mode: SKIP
+                response_trailer_mode: SKIP
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}
+  - name: policy_engine
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: policy_engine
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {engine_port}}}}}}}
+"#
+    )
+}
