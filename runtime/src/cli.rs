@@ -180,7 +180,7 @@ async fn serve_async(
         .add_service(service);
 
     let result = if let Some(path) = args.listen.strip_prefix("unix:") {
-        let _ = std::fs::remove_file(path);
+        remove_stale_socket(path)?;
         let listener =
             tokio::net::UnixListener::bind(path).with_context(|| format!("binding {path}"))?;
         announce(&args.listen);
@@ -203,6 +203,20 @@ async fn serve_async(
     };
     watcher.abort();
     result.context("serving ext_proc")
+}
+
+/// Removes a socket left by an earlier run; refuses to touch anything that is not a socket.
+fn remove_stale_socket(path: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).with_context(|| format!("removing the stale socket {path}"))
+        }
+        Ok(_) => {
+            bail!("--listen unix:{path}: the path exists and is not a socket; not replacing it")
+        }
+        Err(_) => Ok(()),
+    }
 }
 
 /// Prints the address on stdout, the machine-readable signal that the engine accepts streams.

@@ -456,3 +456,18 @@ routes:
         ("PUT", "/v2/moved?from=public")
     );
 }
+
+#[test]
+fn envoy_reaches_the_engine_over_a_unix_socket() {
+    let socket = std::env::temp_dir().join(format!("policy-e2e-{}.sock", std::process::id()));
+    let listen = format!("unix:{}", socket.display());
+    let stack = Stack::start_with(Some(&versioned("unix")), &["--listen", listen.as_str()]);
+    let reply = stack.send(Request::get("/public/over-a-socket"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        stack.upstream.last().header("x-config").as_deref(),
+        Some("unix")
+    );
+    drop(stack);
+    let _ = std::fs::remove_file(socket);
+}

@@ -109,11 +109,11 @@ impl Stack {
         if let Some(config) = config {
             std::fs::write(scratch.path("routes.yaml"), config).expect("write the config");
         }
-        let (engine, engine_port) = start_engine(&scratch, engine_args);
+        let (engine, engine_address) = start_engine(&scratch, engine_args);
         let engine_pid = engine.0.id();
         let admin_port = free_port();
         let port = free_port();
-        let bootstrap = bootstrap(port, admin_port, engine_port, upstream.port);
+        let bootstrap = bootstrap(port, admin_port, &engine_address, upstream.port);
         std::fs::write(scratch.path("envoy.yaml"), bootstrap).expect("write the bootstrap");
         let envoy = start_envoy(&scratch, admin_port);
         Stack {
@@ -199,11 +199,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn start_engine(scratch: &Scratch, extra: &[&str]) -> (Process, u16) {
+/// Starts `dev-engine` (on a free loopback port unless `extra` has `--listen`) and returns it with
+/// the address it announced.
+fn start_engine(scratch: &Scratch, extra: &[&str]) -> (Process, String) {
     let log = std::fs::File::create(scratch.path("engine.log")).expect("create the engine log");
     let config = scratch.path("routes.yaml");
     let mut command = Command::new(env!("CARGO_BIN_EXE_dev-engine"));
-    command.args(["--listen", "127.0.0.1:0"]);
+    if !extra.contains(&"--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
     if !extra.contains(&"--reload-interval-ms") {
         command.args(["--reload-interval-ms", "100"]);
     }
@@ -233,12 +237,7 @@ fn start_engine(scratch: &Scratch, extra: &[&str]) -> (Process, u16) {
                 std::fs::read_to_string(scratch.path("engine.log")).unwrap_or_default()
             )
         });
-    let port = address
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("the engine's port");
-    (process, port)
+    (process, address)
 }
 
 fn start_envoy(scratch: &Scratch, admin_port: u16) -> Process {
@@ -276,7 +275,16 @@ fn start_envoy(scratch: &Scratch, admin_port: u16) -> Process {
 }
 
 /// The Envoy configuration under test; `docs/envoy.md` explains each ext_proc setting.
-fn bootstrap(port: u16, admin_port: u16, engine_port: u16, upstream_port: u16) -> String {
+fn bootstrap(port: u16, admin_port: u16, engine_address: &str, upstream_port: u16) -> String {
+    let engine_address = match engine_address.strip_prefix("unix:") {
+        Some(path) => format!("{{pipe: {{path: \"{path}\"}}}}"),
+        None => {
+            let (host, port) = engine_address
+                .rsplit_once(':')
+                .expect("the engine announces HOST:PORT");
+            format!("{{socket_address: {{address: {host}, port_value: {port}}}}}")
+        }
+    };
     let mut routes = String::new();
     for (prefix, name) in ROUTES
         .iter()
@@ -347,7 +355,7 @@ static_resources:
       cluster_name: policy_engine
       endpoints:
       - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {engine_port}}}}}}}
+        - endpoint: {{address: {engine_address}}}
 "#
     )
 }

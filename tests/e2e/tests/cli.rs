@@ -1,0 +1,79 @@
+//! The engine's command line, run as a process.
+
+use std::process::{Command, Output};
+
+fn engine(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dev-engine"))
+        .args(args)
+        .output()
+        .expect("run dev-engine")
+}
+
+fn scratch_file(name: &str, content: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("policy-e2e-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    let path = dir.join(name);
+    std::fs::write(&path, content).expect("write");
+    path
+}
+
+#[test]
+fn validate_accepts_a_good_file_and_names_the_problems_of_a_bad_one() {
+    let good = scratch_file(
+        "good.yaml",
+        "version: v1\nroutes: [{route: a, policies: [{name: quota, version: 1.0.0, params: {limit: 1}}]}]\n",
+    );
+    let out = engine(&["validate", good.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 routes)"));
+
+    let bad = scratch_file(
+        "bad.yaml",
+        "version: v1\nroutes: [{route: a, policies: [{name: quota, version: 1.0.0, params: {limit: -1}}]}]\n",
+    );
+    let out = engine(&["validate", bad.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for part in ["bad.yaml", "quota", "limit"] {
+        assert!(err.contains(part), "the report names {part:?}: {err}");
+    }
+}
+
+#[test]
+fn policies_lists_the_compiled_in_policies() {
+    let out = engine(&["policies"]);
+    assert!(out.status.success(), "{out:?}");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let names: Vec<&str> = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"set-header") && names.contains(&"quota"),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn a_unix_listen_path_that_is_not_a_socket_is_never_replaced() {
+    let config = scratch_file("routes.yaml", "version: v1\nroutes: []\n");
+    let precious = scratch_file("precious.txt", "keep me");
+    let listen = format!("unix:{}", precious.display());
+    let out = engine(&[
+        "--listen",
+        &listen,
+        "--config",
+        config.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a socket"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&precious).expect("still there"),
+        "keep me"
+    );
+}
