@@ -1,12 +1,283 @@
 //! `policy-builder`: builds a policy engine from a `policy-manifest.yaml`.
 //!
-//! Placeholder until the builder issue lands: it names itself and exits with a usage error so no
-//! pipeline mistakes it for a working build.
+//! manifest → validated policy crates → generated registry crate → release binary + runtime
+//! Dockerfile + build-info.json. Each stage that fails exits with its own code (see
+//! `docs/builder.md`).
 
-fn main() {
-    eprintln!(
-        "policy-builder {}: not implemented yet (see the builder issue)",
-        env!("CARGO_PKG_VERSION")
+mod compile;
+mod generate;
+mod manifest;
+mod package;
+mod report;
+mod validate;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use report::{Failure, Stage};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Builds a policy engine binary with exactly the policies a manifest lists.
+#[derive(Debug, Parser)]
+#[command(
+    name = "policy-builder",
+    version,
+    args_conflicts_with_subcommands = false
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load, validate, generate, compile and package (the default).
+    Build,
+    /// Load the manifest and validate every policy crate; nothing is written.
+    Validate,
+    /// Load, validate and write the registry crate to --out, ready for `cargo build`.
+    Generate,
+}
+
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// The policy manifest.
+    #[arg(long, global = true, env = "POLICY_MANIFEST")]
+    manifest: Option<PathBuf>,
+    /// The output directory (build: binary, Dockerfile, build-info.json; generate: the crate).
+    #[arg(long, global = true, default_value = "dist")]
+    out: PathBuf,
+    /// Report format: progress lines for humans, or one JSON document on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// The engine source tree (with runtime/, policy-sdk/ and Cargo.lock).
+    #[arg(long, global = true, env = "POLICY_ENGINE_SOURCE")]
+    engine_source: Option<PathBuf>,
+    /// Cargo's target directory, kept between builds so rebuilds are fast.
+    #[arg(long, global = true, env = "POLICY_BUILDER_TARGET_DIR")]
+    target_dir: Option<PathBuf>,
+    /// Build without network access (vendored or already fetched dependencies).
+    #[arg(long, global = true, env = "POLICY_BUILDER_OFFLINE")]
+    offline: bool,
+    /// The runtime image's base in the generated Dockerfile.
+    #[arg(long, global = true, default_value = generate::DEFAULT_BASE_IMAGE)]
+    base_image: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Build);
+    let common = cli.common;
+    let started = Instant::now();
+    let progress = Progress {
+        on: common.format == Format::Text,
+    };
+    match run(&command, &common, &progress) {
+        Ok(summary) => {
+            if common.format == Format::Json {
+                let mut doc = summary;
+                doc["ok"] = json!(true);
+                doc["seconds"] = json!(started.elapsed().as_secs_f64());
+                println!("{doc:#}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => match error.downcast::<Failure>() {
+            Ok(failure) => {
+                let code = failure.stage.exit_code();
+                if common.format == Format::Json {
+                    let doc = json!({
+                        "ok": false,
+                        "stage": failure.stage,
+                        "exitCode": code,
+                        "problems": failure.problems,
+                    });
+                    println!("{doc:#}");
+                } else {
+                    eprintln!("error: {failure}");
+                    for problem in &failure.problems {
+                        eprintln!("  - {}", problem.to_string().replace('\n', "\n    "));
+                    }
+                }
+                ExitCode::from(code)
+            }
+            Err(error) => {
+                if common.format == Format::Json {
+                    println!(
+                        "{:#}",
+                        json!({"ok": false, "exitCode": 1, "error": format!("{error:#}")})
+                    );
+                } else {
+                    eprintln!("error: {error:#}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Human progress on stderr (nothing in JSON mode).
+struct Progress {
+    on: bool,
+}
+
+impl Progress {
+    fn step(&self, n: usize, of: usize, stage: Stage, what: impl std::fmt::Display) {
+        if self.on {
+            eprintln!("[{n}/{of}] {:<12}{what}", stage.to_string());
+        }
+    }
+}
+
+fn run(
+    command: &Command,
+    common: &Common,
+    progress: &Progress,
+) -> anyhow::Result<serde_json::Value> {
+    let Some(manifest_path) = &common.manifest else {
+        bail!("no manifest: pass --manifest policy-manifest.yaml (or set POLICY_MANIFEST)");
+    };
+    let steps = match command {
+        Command::Build => 5,
+        Command::Validate => 2,
+        Command::Generate => 3,
+    };
+    let engine_dir = engine_source(common.engine_source.as_deref())?;
+    let toolchain = toolchain(&engine_dir)?;
+
+    let manifest = manifest::load(manifest_path)?;
+    progress.step(
+        1,
+        steps,
+        Stage::Manifest,
+        format_args!(
+            "{}: {} {}",
+            manifest_path.display(),
+            manifest.policies.len(),
+            if manifest.policies.len() == 1 {
+                "policy"
+            } else {
+                "policies"
+            }
+        ),
     );
-    std::process::exit(2);
+    let policies = validate::validate(&manifest.policies, &toolchain)?;
+    let keys: Vec<String> = policies.iter().map(validate::ValidPolicy::key).collect();
+    progress.step(
+        2,
+        steps,
+        Stage::Validation,
+        format_args!("ok: {}", keys.join(", ")),
+    );
+    let mut summary = json!({"policies": keys, "manifestSha256": manifest.sha256});
+    if let Command::Validate = command {
+        return Ok(summary);
+    }
+
+    let sources = generate::Sources { engine_dir };
+    let crate_dir = match command {
+        Command::Generate => common.out.clone(),
+        _ => common.out.join("engine-crate"),
+    };
+    let info = generate::generate(&manifest, &policies, &sources, &crate_dir)?;
+    progress.step(3, steps, Stage::Generation, crate_dir.display());
+    summary["crate"] = json!(crate_dir);
+    if let Command::Generate = command {
+        return Ok(summary);
+    }
+
+    let target_dir = target_dir(common.target_dir.as_deref(), &common.out);
+    progress.step(
+        4,
+        steps,
+        Stage::Compilation,
+        format_args!(
+            "cargo build --release (target dir {})",
+            target_dir.display()
+        ),
+    );
+    let options = compile::CargoOptions {
+        target_dir,
+        offline: common.offline,
+        show_progress: progress.on,
+    };
+    let built = compile::compile(&crate_dir, &policies, &options)?;
+    let output = package::package(&built, &info, &common.out, &common.base_image)?;
+    progress.step(
+        5,
+        steps,
+        Stage::Packaging,
+        format_args!(
+            "{} ({:.1} MB), Dockerfile, build-info.json",
+            output.binary.display(),
+            output.binary_bytes as f64 / 1e6
+        ),
+    );
+    summary["output"] = serde_json::to_value(&output)?;
+    summary["buildInfo"] = serde_json::to_value(&info)?;
+    Ok(summary)
+}
+
+/// The engine source tree: the flag, else the tree this builder was compiled from.
+fn engine_source(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let dir = flag.map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+        Path::to_path_buf,
+    );
+    let dir = dir.canonicalize().with_context(|| {
+        format!(
+            "the engine source {} does not exist; pass --engine-source",
+            dir.display()
+        )
+    })?;
+    for part in ["runtime/Cargo.toml", "policy-sdk/Cargo.toml"] {
+        if !dir.join(part).is_file() {
+            bail!(
+                "{} is not the engine source tree (no {part}); pass --engine-source or set POLICY_ENGINE_SOURCE",
+                dir.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// The SDK the engine is built with: its version and directory.
+fn toolchain(engine_dir: &Path) -> anyhow::Result<validate::Toolchain> {
+    let sdk_toml = engine_dir.join("policy-sdk/Cargo.toml");
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .manifest_path(&sdk_toml)
+        .no_deps()
+        .exec()
+        .with_context(|| format!("reading {}", sdk_toml.display()))?;
+    let sdk = metadata
+        .packages
+        .iter()
+        .find(|p| p.name.as_str() == "policy-sdk")
+        .context("the engine source has no policy-sdk package")?;
+    Ok(validate::Toolchain {
+        sdk_version: sdk.version.clone(),
+        sdk_dir: engine_dir.join("policy-sdk"),
+    })
+}
+
+/// `--target-dir`, else `$XDG_CACHE_HOME` or `~/.cache` `/policy-builder/target`, else
+/// `OUT/.target`.
+fn target_dir(flag: Option<&Path>, out: &Path) -> PathBuf {
+    if let Some(dir) = flag {
+        return dir.to_path_buf();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    cache.map_or_else(|| out.join(".target"), |c| c.join("policy-builder/target"))
 }

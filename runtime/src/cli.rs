@@ -37,6 +37,16 @@ enum Command {
     Policies,
     /// Print the build information as JSON.
     BuildInfo,
+    /// Exit 0 when an engine accepts connections at the listen address (for container
+    /// HEALTHCHECKs: the image needs no shell or curl).
+    Healthcheck {
+        /// The engine's address: HOST:PORT (0.0.0.0 means this host) or unix:/PATH.
+        #[arg(long, env = "POLICY_ENGINE_LISTEN", default_value = "127.0.0.1:9001")]
+        listen: String,
+        /// How long to wait for the connection, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +96,9 @@ pub fn run(registry: Registry, build_info: serde_json::Value) -> ExitCode {
         Some(Command::Validate { config }) => validate(&config, &registry),
         Some(Command::Policies) => print_json(&policies(&registry)),
         Some(Command::BuildInfo) => print_json(&build_info),
+        Some(Command::Healthcheck { listen, timeout_ms }) => {
+            healthcheck(&listen, Duration::from_millis(timeout_ms))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,6 +107,26 @@ pub fn run(registry: Registry, build_info: serde_json::Value) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn healthcheck(listen: &str, timeout: Duration) -> anyhow::Result<()> {
+    if let Some(path) = listen.strip_prefix("unix:") {
+        std::os::unix::net::UnixStream::connect(path)
+            .with_context(|| format!("connecting to {listen}"))?;
+        return Ok(());
+    }
+    let mut addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("{listen:?} is not HOST:PORT or unix:/PATH"))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    Ok(())
 }
 
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {

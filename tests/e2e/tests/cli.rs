@@ -77,3 +77,32 @@ fn a_unix_listen_path_that_is_not_a_socket_is_never_replaced() {
         "keep me"
     );
 }
+
+#[test]
+fn healthcheck_succeeds_only_while_an_engine_listens() {
+    use std::io::{BufRead, BufReader};
+    let config = scratch_file("health.yaml", "version: v1\nroutes: []\n");
+    let mut serving = Command::new(env!("CARGO_BIN_EXE_dev-engine"))
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the engine");
+    let mut line = String::new();
+    BufReader::new(serving.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let address = line
+        .trim()
+        .strip_prefix("policy-engine listening on ")
+        .expect("the announcement")
+        .to_owned();
+    let up = engine(&["healthcheck", "--listen", &address]);
+    let _ = serving.kill();
+    let _ = serving.wait();
+    assert!(up.status.success(), "{up:?}");
+    let down = engine(&["healthcheck", "--listen", &address, "--timeout-ms", "500"]);
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+    assert!(String::from_utf8_lossy(&down.stderr).contains("connecting to"));
+}

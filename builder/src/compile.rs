@@ -1,0 +1,171 @@
+//! Stage 4: compile the registry crate with cargo, mapping compiler errors back to the manifest
+//! entry whose crate they come from.
+
+use crate::report::{Failure, Problem, Stage};
+use crate::validate::ValidPolicy;
+use cargo_metadata::{Message, MetadataCommand, PackageId};
+use std::collections::BTreeMap;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// How to run cargo.
+#[derive(Debug, Clone)]
+pub struct CargoOptions {
+    /// The persistent target directory.
+    pub target_dir: PathBuf,
+    /// Pass `--offline` (for vendored or pre-fetched sources).
+    pub offline: bool,
+    /// Let cargo's progress through to stderr.
+    pub show_progress: bool,
+}
+
+/// Compiles the crate in `dir`; returns the path of the built `policy-engine` binary.
+pub fn compile(
+    dir: &Path,
+    policies: &[ValidPolicy],
+    options: &CargoOptions,
+) -> Result<PathBuf, Failure> {
+    let fail = |p: Problem| Failure::one(Stage::Compilation, p);
+    let manifest = dir.join("Cargo.toml");
+    let owners = resolve(&manifest, policies, options).map_err(fail)?;
+
+    let mut command = Command::new(cargo());
+    command
+        .args(["build", "--release", "--locked", "--message-format", "json"])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&options.target_dir)
+        .stdout(Stdio::piped())
+        .stderr(if options.show_progress {
+            Stdio::inherit()
+        } else {
+            Stdio::piped()
+        });
+    if options.offline {
+        command.arg("--offline");
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| fail(Problem::new(format!("cannot run cargo: {e}"))))?;
+    let stderr = child.stderr.take().map(|mut s| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            text
+        })
+    });
+    let mut binary = None;
+    let mut errors: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    if let Some(stdout) = child.stdout.take() {
+        for message in Message::parse_stream(BufReader::new(stdout)).flatten() {
+            match message {
+                Message::CompilerArtifact(artifact) => {
+                    if let Some(exe) = artifact.executable
+                        && artifact.target.name == "policy-engine"
+                    {
+                        binary = Some(exe.into_std_path_buf());
+                    }
+                }
+                Message::CompilerMessage(msg)
+                    if msg.message.level == cargo_metadata::diagnostic::DiagnosticLevel::Error =>
+                {
+                    let owner = owners
+                        .get(&msg.package_id)
+                        .cloned()
+                        .unwrap_or_else(|| "engine".to_owned());
+                    let text = msg
+                        .message
+                        .rendered
+                        .clone()
+                        .unwrap_or_else(|| msg.message.message.clone());
+                    errors.entry(owner).or_default().push(text);
+                }
+                _ => {}
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| fail(Problem::new(format!("waiting for cargo: {e}"))))?;
+    let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+    if status.success()
+        && let Some(binary) = binary
+    {
+        return Ok(binary);
+    }
+    let mut problems: Vec<Problem> = errors
+        .into_iter()
+        .map(|(owner, messages)| {
+            let problem = Problem::new(format!(
+                "{owner} does not compile:\n{}",
+                messages.join("\n").trim_end()
+            ));
+            if owner == "engine" {
+                problem
+            } else {
+                problem.for_policy(owner).fix(
+                    "fix the policy crate (`cargo check` in its directory shows the same errors)",
+                )
+            }
+        })
+        .collect();
+    if problems.is_empty() {
+        problems.push(Problem::new(format!(
+            "cargo build failed ({status}){}",
+            if stderr.is_empty() {
+                String::new()
+            } else {
+                format!(":\n{}", tail(&stderr, 40))
+            }
+        )));
+    }
+    Err(Failure {
+        stage: Stage::Compilation,
+        problems,
+    })
+}
+
+/// Completes the lock file (new entries only; locked versions stay) and maps each policy
+/// crate's package id to its manifest label.
+fn resolve(
+    manifest: &Path,
+    policies: &[ValidPolicy],
+    options: &CargoOptions,
+) -> Result<BTreeMap<PackageId, String>, Problem> {
+    let mut command = MetadataCommand::new();
+    command.manifest_path(manifest).cargo_path(cargo());
+    if options.offline {
+        command.other_options(vec!["--offline".to_owned()]);
+    }
+    let metadata = command.exec().map_err(|e| {
+        Problem::new(format!("cargo cannot resolve the engine's dependencies: {e}"))
+            .in_file(manifest)
+            .fix("a policy may need a crate the lock file does not have and cargo cannot fetch; run without --offline or vendor it")
+    })?;
+    let by_dir: BTreeMap<&Path, String> = policies
+        .iter()
+        .map(|p| (p.entry.dir.as_path(), p.entry.label()))
+        .collect();
+    Ok(metadata
+        .packages
+        .iter()
+        .filter_map(|package| {
+            let dir = package.manifest_path.parent()?.as_std_path();
+            let dir = dir.canonicalize().ok()?;
+            by_dir
+                .get(dir.as_path())
+                .map(|label| (package.id.clone(), label.clone()))
+        })
+        .collect())
+}
+
+fn cargo() -> PathBuf {
+    std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from)
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

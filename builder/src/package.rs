@@ -1,0 +1,125 @@
+//! Stage 5: the output directory (binary, runtime Dockerfile, build-info.json), then a check that
+//! the binary reports exactly the manifest's policies.
+
+use crate::generate::{BuildInfo, dockerfile};
+use crate::report::{Failure, Problem, Stage};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// What the output directory holds.
+#[derive(Debug, serde::Serialize)]
+pub struct Output {
+    /// The engine binary.
+    pub binary: PathBuf,
+    /// The runtime Dockerfile.
+    pub dockerfile: PathBuf,
+    /// The build information.
+    pub build_info: PathBuf,
+    /// The binary's size in bytes.
+    pub binary_bytes: u64,
+}
+
+/// Writes the output directory `out` and checks the binary.
+pub fn package(
+    built: &Path,
+    info: &BuildInfo,
+    out: &Path,
+    base_image: &str,
+) -> Result<Output, Failure> {
+    let fail = |message: String| Failure::one(Stage::Packaging, Problem::new(message));
+    std::fs::create_dir_all(out).map_err(|e| fail(format!("creating {}: {e}", out.display())))?;
+    let binary = out.join("policy-engine");
+    // Copy to a temporary name and rename, so a running engine's file is never half-written.
+    let staged = out.join(".policy-engine.new");
+    std::fs::copy(built, &staged)
+        .and_then(|_| std::fs::rename(&staged, &binary))
+        .map_err(|e| fail(format!("copying the binary to {}: {e}", binary.display())))?;
+    let dockerfile_path = out.join("Dockerfile");
+    std::fs::write(&dockerfile_path, dockerfile(info, base_image)?)
+        .map_err(|e| fail(format!("writing {}: {e}", dockerfile_path.display())))?;
+    // The image needs the binary and the build information only, not the generated crate.
+    let ignore = out.join(".dockerignore");
+    std::fs::write(&ignore, "*\n!policy-engine\n!build-info.json\n")
+        .map_err(|e| fail(format!("writing {}: {e}", ignore.display())))?;
+    let info_path = out.join("build-info.json");
+    let text = serde_json::to_string_pretty(info).map_err(|e| fail(e.to_string()))? + "\n";
+    std::fs::write(&info_path, text)
+        .map_err(|e| fail(format!("writing {}: {e}", info_path.display())))?;
+
+    verify(&binary, info)?;
+    let binary_bytes = std::fs::metadata(&binary).map_or(0, |m| m.len());
+    Ok(Output {
+        binary,
+        dockerfile: dockerfile_path,
+        build_info: info_path,
+        binary_bytes,
+    })
+}
+
+/// Runs `build-info` and `policies` on the binary: both must list exactly the manifest's
+/// policies.
+fn verify(binary: &Path, info: &BuildInfo) -> Result<(), Failure> {
+    let expected: BTreeSet<String> = info
+        .policies
+        .iter()
+        .map(|p| format!("{}:{}", p.name, p.version))
+        .collect();
+    let reported = run_json(binary, "build-info")?;
+    let from_info: BTreeSet<String> = reported["policies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{}:{}",
+                p["name"].as_str().unwrap_or("?"),
+                p["version"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    let registered = run_json(binary, "policies")?;
+    let from_registry: BTreeSet<String> = registered
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{}:{}",
+                p["name"].as_str().unwrap_or("?"),
+                p["version"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    for (what, found) in [("build-info", from_info), ("policies", from_registry)] {
+        if found != expected {
+            return Err(Failure::one(
+                Stage::Packaging,
+                Problem::new(format!(
+                    "`policy-engine {what}` lists [{}] but the manifest built [{}]",
+                    found.into_iter().collect::<Vec<_>>().join(", "),
+                    expected.iter().cloned().collect::<Vec<_>>().join(", ")
+                ))
+                .fix("a policy crate's export does not match its definition; rebuild with a clean target directory and report it if it persists"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn run_json(binary: &Path, command: &str) -> Result<serde_json::Value, Failure> {
+    let fail = |message: String| Failure::one(Stage::Packaging, Problem::new(message));
+    let out = Command::new(binary)
+        .arg(command)
+        .output()
+        .map_err(|e| fail(format!("running {} {command}: {e}", binary.display())))?;
+    if !out.status.success() {
+        return Err(fail(format!(
+            "`policy-engine {command}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| fail(format!("`policy-engine {command}` did not print JSON: {e}")))
+}

@@ -1,0 +1,161 @@
+//! The builder really building engines: these compile release binaries (the first run in a
+//! fresh target directory takes minutes; later ones reuse it).
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use support::{PolicyCrate, Temp, builder, manifest};
+
+#[test]
+fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
+    let temp = Temp::new("build");
+    // Two versions of one policy, in crates of the same package name, outside the repository:
+    // v1 depends on the SDK by version (the builder supplies its copy), v2 by path.
+    PolicyCrate::new("acme-tag", "tag", "1.0.0").write(&temp, "tag/v1");
+    let sdk_path = format!(
+        "{{ path = \"{}/../policy-sdk\" }}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    PolicyCrate {
+        sdk: &sdk_path,
+        phases: &["request", "response"],
+        implements: &["request", "response"],
+        ..PolicyCrate::new("acme-tag", "tag", "2.0.0")
+    }
+    .write(&temp, "tag/v2");
+    let set_header = format!(
+        "file://{}/../sample-policies/set-header/v1.0.0",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let manifest = manifest(
+        &temp,
+        &[
+            ("tag", "./tag/v2"),
+            ("tag", "./tag/v1"),
+            ("set-header", &set_header),
+        ],
+    );
+    let out = temp.path("dist");
+    let run = builder(&[
+        "--manifest",
+        &manifest,
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+
+    let engine = out.join("policy-engine");
+    let policies = Command::new(&engine).arg("policies").output().expect("run");
+    let list: serde_json::Value = serde_json::from_slice(&policies.stdout).expect("JSON");
+    let mut keys: Vec<String> = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}",
+                p["name"].as_str().unwrap_or("?"),
+                p["version"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["set-header:1.0.0", "tag:1.0.0", "tag:2.0.0"]);
+
+    let info = Command::new(&engine)
+        .arg("build-info")
+        .output()
+        .expect("run");
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("JSON");
+    let written: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("build-info.json")).expect("build-info.json"),
+    )
+    .expect("JSON");
+    assert_eq!(info, written, "the binary embeds what build-info.json says");
+    assert_eq!(info["policies"][1]["version"], "1.0.0");
+    assert_eq!(
+        info["policies"][2]["phases"],
+        serde_json::json!(["request", "response"])
+    );
+    assert_eq!(info["manifestSha256"].as_str().map(str::len), Some(64));
+
+    let dockerfile = std::fs::read_to_string(out.join("Dockerfile")).expect("Dockerfile");
+    for needle in [
+        "# @generated",
+        "FROM gcr.io/distroless/cc-debian12:nonroot",
+        "USER 65532:65532",
+        "EXPOSE 9001",
+        "HEALTHCHECK",
+        "\"healthcheck\"",
+        "org.opencontainers.image.version=",
+        "io.policy-engine.policies=\"set-header:1.0.0,tag:1.0.0,tag:2.0.0\"",
+    ] {
+        assert!(dockerfile.contains(needle), "{needle:?} in:\n{dockerfile}");
+    }
+
+    // Both versions are usable in one route configuration, and the engine serves.
+    let config = temp.write(
+        "routes.yaml",
+        "version: v1\nroutes:\n  - route: old\n    policies: [{name: tag, version: 1.0.0}]\n  - route: new\n    policies: [{name: tag, version: 2.0.0}]\n",
+    );
+    let valid = Command::new(&engine)
+        .arg("validate")
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(valid.status.success(), "{valid:?}");
+    let mut serving = Command::new(&engine)
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the engine");
+    let mut line = String::new();
+    BufReader::new(serving.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let address = line
+        .trim()
+        .strip_prefix("policy-engine listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    let health = Command::new(&engine)
+        .args(["healthcheck", "--listen", &address])
+        .status()
+        .expect("run");
+    let _ = serving.kill();
+    let _ = serving.wait();
+    assert!(
+        health.success(),
+        "the built engine accepts connections at {address}"
+    );
+}
+
+#[test]
+fn a_compile_error_names_the_policy() {
+    let temp = Temp::new("broken");
+    PolicyCrate {
+        extra: "\npub fn broken() -> u32 { undefined_thing }\n",
+        ..PolicyCrate::new("acme-broken", "broken", "1.0.0")
+    }
+    .write(&temp, "broken");
+    PolicyCrate::new("acme-fine", "fine", "1.0.0").write(&temp, "fine");
+    let manifest = manifest(&temp, &[("fine", "./fine"), ("broken", "./broken")]);
+    let out = temp.path("dist");
+    let run = builder(&[
+        "--manifest",
+        &manifest,
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(run.code, Some(6), "{run:?}");
+    assert!(
+        run.stderr.contains("[broken] broken does not compile"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("undefined_thing"), "{run:?}");
+    assert!(!run.stderr.contains("[fine]"), "{run:?}");
+    assert!(!out.join("policy-engine").exists(), "nothing is packaged");
+}
