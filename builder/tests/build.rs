@@ -1,6 +1,8 @@
 //! The builder really building engines: these compile release binaries (the first run in a
 //! fresh target directory takes minutes; later ones reuse it).
 
+#[path = "../../tests/e2e/tests/support/mod.rs"]
+mod e2e;
 mod support;
 
 use std::io::{BufRead, BufReader};

@@ -104,12 +104,21 @@ impl Stack {
     /// Starts everything; `config: None` leaves the configuration file absent. `engine_args`
     /// are added to the engine's command line.
     pub fn start_with(config: Option<&str>, engine_args: &[&str]) -> Stack {
+        // Set for the policy-e2e tests only; other crates using this harness pass their engine.
+        let Some(engine) = option_env!("CARGO_BIN_EXE_dev-engine") else {
+            panic!("the default engine is dev-engine; elsewhere use Stack::start_engine")
+        };
+        Stack::start_engine(Path::new(engine), config, engine_args)
+    }
+
+    /// Starts everything with the engine binary `engine` (e.g. one the builder built).
+    pub fn start_engine(engine: &Path, config: Option<&str>, engine_args: &[&str]) -> Stack {
         let scratch = Scratch::new();
         let upstream = Upstream::start();
         if let Some(config) = config {
             std::fs::write(scratch.path("routes.yaml"), config).expect("write the config");
         }
-        let (engine, engine_address) = start_engine(&scratch, engine_args);
+        let (engine, engine_address) = spawn_engine(engine, &scratch, engine_args);
         let engine_pid = engine.0.id();
         let admin_port = free_port();
         let port = free_port();
@@ -199,12 +208,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `dev-engine` (on a free loopback port unless `extra` has `--listen`) and returns it with
+/// Starts `engine` (on a free loopback port unless `extra` has `--listen`) and returns it with
 /// the address it announced.
-fn start_engine(scratch: &Scratch, extra: &[&str]) -> (Process, String) {
+fn spawn_engine(engine: &Path, scratch: &Scratch, extra: &[&str]) -> (Process, String) {
     let log = std::fs::File::create(scratch.path("engine.log")).expect("create the engine log");
     let config = scratch.path("routes.yaml");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_dev-engine"));
+    let mut command = Command::new(engine);
     if !extra.contains(&"--listen") {
         command.args(["--listen", "127.0.0.1:0"]);
     }
@@ -218,7 +227,7 @@ fn start_engine(scratch: &Scratch, extra: &[&str]) -> (Process, String) {
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
-        .expect("start dev-engine");
+        .unwrap_or_else(|e| panic!("start {}: {e}", engine.display()));
     let stdout = child.stdout.take().expect("engine stdout");
     let process = Process(child);
     let (tx, rx) = mpsc::channel();
