@@ -65,32 +65,8 @@ fn verify(binary: &Path, info: &BuildInfo) -> Result<(), Failure> {
         .iter()
         .map(|p| format!("{}:{}", p.name, p.version))
         .collect();
-    let reported = run_json(binary, "build-info")?;
-    let from_info: BTreeSet<String> = reported["policies"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            format!(
-                "{}:{}",
-                p["name"].as_str().unwrap_or("?"),
-                p["version"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
-    let registered = run_json(binary, "policies")?;
-    let from_registry: BTreeSet<String> = registered
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            format!(
-                "{}:{}",
-                p["name"].as_str().unwrap_or("?"),
-                p["version"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
+    let from_info = keys(&run_json(binary, "build-info")?["policies"]);
+    let from_registry = keys(&run_json(binary, "policies")?);
     for (what, found) in [("build-info", from_info), ("policies", from_registry)] {
         if found != expected {
             return Err(Failure::one(
@@ -105,6 +81,21 @@ fn verify(binary: &Path, info: &BuildInfo) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `name:version` of each entry of a JSON list.
+fn keys(list: &serde_json::Value) -> BTreeSet<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{}:{}",
+                p["name"].as_str().unwrap_or("?"),
+                p["version"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
 }
 
 fn run_json(binary: &Path, command: &str) -> Result<serde_json::Value, Failure> {
