@@ -9,6 +9,10 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let mut registry = Registry::new();
     for export in [
+        api_key_validation::policy_export(),
+        cors::policy_export(),
+        respond::policy_export(),
+        security_headers::policy_export(),
         set_header::policy_export(),
         policies::require_header::policy_export(),
         policies::quota::policy_export(),

@@ -1,0 +1,155 @@
+//! The sample policies through a real Envoy: one scenario (at least) per policy.
+
+mod support;
+
+use support::{Request, Stack};
+
+#[test]
+fn respond_answers_without_reaching_upstream() {
+    let stack = Stack::start(
+        r#"
+version: v1
+routes:
+  - route: short
+    policies:
+      - name: respond
+        version: 1.0.0
+        params: {status: 503, headers: {retry-after: "120"}, json: {error: maintenance}}
+"#,
+    );
+    let reply = stack.send(Request::post("/short/orders", b"{}"));
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.header("retry-after"), Some("120"));
+    assert_eq!(reply.json()["error"], "maintenance");
+    assert!(stack.upstream.received().is_empty());
+}
+
+#[test]
+fn security_headers_are_added_to_responses() {
+    let stack = Stack::start(
+        r#"
+version: v1
+routes:
+  - route: public
+    policies:
+      - name: security-headers
+        version: 1.0.0
+        params: {contentSecurityPolicy: "default-src 'self'"}
+"#,
+    );
+    let reply = stack.send(Request::get("/public/page"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        (
+            "strict-transport-security",
+            "max-age=31536000; includeSubDomains",
+        ),
+        ("referrer-policy", "strict-origin-when-cross-origin"),
+        ("content-security-policy", "default-src 'self'"),
+    ] {
+        assert_eq!(reply.header(name), Some(value), "{name}");
+    }
+}
+
+#[test]
+fn cors_answers_preflights_and_marks_allowed_responses() {
+    let stack = Stack::start(
+        r#"
+version: v1
+routes:
+  - route: public
+    policies:
+      - name: cors
+        version: 1.0.0
+        params:
+          allowOrigins: [https://app.example.com]
+          allowMethods: [GET, DELETE]
+          allowHeaders: [authorization]
+          allowCredentials: true
+"#,
+    );
+    let reply = stack.send(
+        Request::get("/public/items")
+            .method("OPTIONS")
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "DELETE")
+            .header("access-control-request-headers", "Authorization"),
+    );
+    assert_eq!(reply.status, 204, "{}", reply.text());
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-methods"),
+        Some("GET, DELETE")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-credentials"),
+        Some("true")
+    );
+
+    let reply = stack.send(
+        Request::get("/public/items")
+            .method("OPTIONS")
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "GET"),
+    );
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+    assert!(
+        stack.upstream.received().is_empty(),
+        "preflights never go upstream"
+    );
+
+    let reply =
+        stack.send(Request::get("/public/items").header("origin", "https://app.example.com"));
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    let reply = stack.send(Request::get("/public/items").header("origin", "https://evil.example"));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+}
+
+#[test]
+fn api_keys_authenticate_and_name_the_consumer() {
+    // SHA-256 of "test".
+    let stack = Stack::start(
+        r#"
+version: v1
+routes:
+  - route: private
+    policies:
+      - name: api-key-validation
+        version: 1.0.0
+        params:
+          keys: [{sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, consumer: acme}]
+          queryParam: api_key
+          consumerHeader: x-consumer-id
+"#,
+    );
+    let reply = stack.send(Request::get("/private/data"));
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some("ApiKey header=\"x-api-key\"")
+    );
+    let reply = stack.send(Request::get("/private/data").header("x-api-key", "guess"));
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert!(stack.upstream.received().is_empty());
+
+    let reply = stack.send(Request::get("/private/data").header("x-api-key", "test"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = stack.upstream.last();
+    assert_eq!(seen.header("x-consumer-id").as_deref(), Some("acme"));
+    assert_eq!(seen.header("x-api-key"), None, "the key is not forwarded");
+
+    let reply = stack.send(Request::get("/private/data?api_key=test&page=2"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(stack.upstream.last().path, "/private/data?page=2");
+}
