@@ -153,3 +153,40 @@ routes:
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(stack.upstream.last().path, "/private/data?page=2");
 }
+
+#[test]
+fn rate_limit_by_client_address_and_by_consumer() {
+    let stack = Stack::start(
+        r#"
+version: v1
+routes:
+  - route: public
+    policies:
+      - {name: rate-limit, version: 1.0.0, params: {requestsPerSecond: 0.01, burst: 2}}
+  - route: private
+    policies:
+      - name: api-key-validation
+        version: 1.0.0
+        params: {keys: [{sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08, consumer: acme}]}
+      - {name: rate-limit, version: 1.0.0, params: {requestsPerSecond: 0.01, burst: 1, key: {metadata: auth.consumer}}}
+"#,
+    );
+    for _ in 0..2 {
+        assert_eq!(stack.send(Request::get("/public/a")).status, 200);
+    }
+    let reply = stack.send(Request::get("/public/a"));
+    assert_eq!(reply.status, 429, "{}", reply.text());
+    assert_eq!(reply.header("retry-after"), Some("100"));
+    assert_eq!(reply.header("x-ratelimit-limit"), Some("2"));
+    assert_eq!(reply.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(stack.upstream.received().len(), 2);
+
+    let keyed = || Request::get("/private/a").header("x-api-key", "test");
+    assert_eq!(stack.send(keyed()).status, 200);
+    assert_eq!(stack.send(keyed()).status, 429);
+    assert_eq!(
+        stack.send(Request::get("/private/a")).status,
+        401,
+        "authentication runs first: no key, no token taken"
+    );
+}

@@ -332,7 +332,7 @@ static_resources:
               failure_mode_allow: false
               allow_mode_override: true
               message_timeout: 2s
-              request_attributes: [xds.route_name]
+              request_attributes: [xds.route_name, source.address]
               mutation_rules: {{allow_all_routing: true}}
               processing_mode:
                 request_header_mode: SEND

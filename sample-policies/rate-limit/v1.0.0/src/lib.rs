@@ -1,0 +1,368 @@
+//! `rate-limit` 1.0.0: a token bucket per key, in bounded memory.
+//!
+//! ```yaml
+//! - name: rate-limit
+//!   version: 1.0.0
+//!   params: {requestsPerSecond: 10, burst: 20, key: {metadata: auth.consumer}}
+//! ```
+//!
+//! Keys are hashed (with a per-process random seed) so a bucket costs the same whatever the key's
+//! length; buckets live in shards behind their own locks, so concurrent requests rarely contend.
+
+use policy_sdk::{
+    ImmediateResponse, Outcome, Policy, PolicyError, Request, RequestAction, RequestContext,
+    RequestPolicy, UpstreamRequestMods,
+};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 16;
+
+/// Route parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Params {
+    /// Tokens per second.
+    pub requests_per_second: f64,
+    /// Bucket size.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// Key source.
+    #[serde(default)]
+    pub key: Option<KeySource>,
+    /// Absent keys.
+    #[serde(default)]
+    pub missing_key: MissingKey,
+    /// Most keys tracked.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_max_keys() -> usize {
+    100_000
+}
+
+/// Where the key comes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub enum KeySource {
+    /// A metadata value.
+    Metadata(String),
+    /// A request header.
+    Header(String),
+    /// The client address (`address`).
+    Client(String),
+}
+
+/// What happens when the key is absent.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingKey {
+    /// One shared bucket.
+    #[default]
+    Shared,
+    /// 429 at once.
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Duration,
+}
+
+/// The policy: its buckets.
+pub struct RateLimit {
+    rate: f64,
+    burst: f64,
+    key: KeySource,
+    missing: MissingKey,
+    per_shard: usize,
+    seed: RandomState,
+    shards: Vec<Mutex<HashMap<u64, Bucket>>>,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("rate", &self.rate)
+            .field("burst", &self.burst)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy for RateLimit {
+    type Params = Params;
+
+    fn new(p: Params) -> Result<Self, PolicyError> {
+        if !(p.requests_per_second.is_finite() && p.requests_per_second > 0.0) {
+            return Err(PolicyError::invalid_param(
+                "requestsPerSecond",
+                "must be positive",
+            ));
+        }
+        let burst = p
+            .burst
+            .unwrap_or_else(|| p.requests_per_second.ceil().max(1.0) as u64);
+        if burst == 0 {
+            return Err(PolicyError::invalid_param("burst", "must be at least 1"));
+        }
+        let key = p.key.unwrap_or(KeySource::Client("address".into()));
+        if let KeySource::Client(what) = &key
+            && what != "address"
+        {
+            return Err(PolicyError::invalid_param(
+                "key.client",
+                "must be `address`",
+            ));
+        }
+        let key = match key {
+            KeySource::Header(h) => KeySource::Header(h.to_ascii_lowercase()),
+            other => other,
+        };
+        Ok(RateLimit {
+            rate: p.requests_per_second,
+            burst: burst as f64,
+            key,
+            missing: p.missing_key,
+            per_shard: p.max_keys.div_ceil(SHARDS).max(1),
+            seed: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            epoch: Instant::now(),
+        })
+    }
+}
+
+/// What one request got.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Allowed { remaining: u64 },
+    Limited { retry_after: u64 },
+}
+
+impl RateLimit {
+    fn key_of(&self, ctx: &RequestContext) -> Option<String> {
+        let request: &Request = ctx.request();
+        match &self.key {
+            KeySource::Metadata(key) => ctx.metadata().get(key).map(|v| match v.as_str() {
+                Some(s) => s.to_owned(),
+                None => v.to_string(),
+            }),
+            KeySource::Header(name) => request.header(name).map(str::to_owned),
+            KeySource::Client(_) => request.client_address().map(|a| a.ip().to_string()),
+        }
+    }
+
+    fn take(&self, key: &str, now: Duration) -> Verdict {
+        let hash = self.seed.hash_one(key);
+        let shard = &self.shards[(hash as usize) % SHARDS];
+        let mut buckets = shard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !buckets.contains_key(&hash) && buckets.len() >= self.per_shard {
+            self.make_room(&mut buckets, now);
+        }
+        let bucket = buckets.entry(hash).or_insert(Bucket {
+            tokens: self.burst,
+            last: now,
+        });
+        let elapsed = now.saturating_sub(bucket.last).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Verdict::Allowed {
+                remaining: bucket.tokens.floor() as u64,
+            }
+        } else {
+            Verdict::Limited {
+                retry_after: ((1.0 - bucket.tokens) / self.rate).ceil().max(1.0) as u64,
+            }
+        }
+    }
+
+    /// Drops buckets that have refilled (they equal a fresh one); if none has, the least
+    /// recently used.
+    fn make_room(&self, buckets: &mut HashMap<u64, Bucket>, now: Duration) {
+        let full_after = Duration::from_secs_f64(self.burst / self.rate);
+        buckets.retain(|_, b| now.saturating_sub(b.last) < full_after);
+        if buckets.len() >= self.per_shard
+            && let Some(oldest) = buckets.iter().min_by_key(|(_, b)| b.last).map(|(k, _)| *k)
+        {
+            buckets.remove(&oldest);
+        }
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    fn limited(&self, retry_after: u64) -> RequestAction {
+        RequestAction::Respond(
+            ImmediateResponse::json(
+                429,
+                &json!({"error": "rate_limited", "message": "too many requests"}),
+            )
+            .with_header("retry-after", retry_after.to_string())
+            .with_header("x-ratelimit-limit", (self.burst as u64).to_string())
+            .with_header("x-ratelimit-remaining", "0"),
+        )
+    }
+}
+
+impl RequestPolicy for RateLimit {
+    fn on_request<'a>(&'a self, ctx: &'a mut RequestContext) -> Outcome<'a, RequestAction> {
+        let key = match self.key_of(ctx) {
+            Some(key) => key,
+            None if self.missing == MissingKey::Reject => {
+                return Outcome::ready(self.limited(1));
+            }
+            None => String::new(),
+        };
+        let now = self.epoch.elapsed();
+        match self.take(&key, now) {
+            Verdict::Allowed { remaining } => {
+                ctx.metadata_mut().set("ratelimit.remaining", remaining);
+                Outcome::ready(RequestAction::Continue(UpstreamRequestMods::new()))
+            }
+            Verdict::Limited { retry_after } => Outcome::ready(self.limited(retry_after)),
+        }
+    }
+}
+
+policy_sdk::export_policy!(RateLimit, phases = [request]);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy_sdk::testkit::{self, expect_continue, expect_respond};
+
+    fn limiter(params: serde_json::Value) -> RateLimit {
+        testkit::new_policy(params).expect("valid params")
+    }
+
+    fn at(seconds: f64) -> Duration {
+        Duration::from_secs_f64(seconds)
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refills_at_the_rate() {
+        let p = limiter(json!({"requestsPerSecond": 2, "burst": 3}));
+        for remaining in [2, 1, 0] {
+            assert_eq!(p.take("a", at(0.0)), Verdict::Allowed { remaining });
+        }
+        assert_eq!(p.take("a", at(0.0)), Verdict::Limited { retry_after: 1 });
+        assert_eq!(
+            p.take("b", at(0.0)),
+            Verdict::Allowed { remaining: 2 },
+            "keys are separate"
+        );
+        assert_eq!(
+            p.take("a", at(0.5)),
+            Verdict::Allowed { remaining: 0 },
+            "one token after 0.5 s"
+        );
+        assert_eq!(
+            p.take("a", at(10.0)),
+            Verdict::Allowed { remaining: 2 },
+            "refills to the burst only"
+        );
+    }
+
+    #[test]
+    fn slow_rates_ask_for_longer_retries() {
+        let p = limiter(json!({"requestsPerSecond": 0.1, "burst": 1}));
+        assert!(matches!(p.take("a", at(0.0)), Verdict::Allowed { .. }));
+        assert_eq!(p.take("a", at(0.0)), Verdict::Limited { retry_after: 10 });
+    }
+
+    #[test]
+    fn limited_requests_get_429_with_rate_headers() {
+        let p = limiter(json!({"requestsPerSecond": 1, "burst": 1, "key": {"header": "X-User"}}));
+        let request = || Request::new("GET", "/").with_header("x-user", "alice");
+        let mut ctx = RequestContext::new(request());
+        expect_continue(testkit::run_request(&p, &mut ctx));
+        assert_eq!(ctx.metadata().get("ratelimit.remaining"), Some(&json!(0)));
+        let mut ctx = RequestContext::new(request());
+        let r = expect_respond(testkit::run_request(&p, &mut ctx));
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert_eq!(r.header("x-ratelimit-limit"), Some("1"));
+        assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    }
+
+    #[test]
+    fn keys_come_from_metadata_header_or_client_and_missing_ones_share_or_reject() {
+        let p = limiter(
+            json!({"requestsPerSecond": 1, "burst": 1, "key": {"metadata": "auth.consumer"}}),
+        );
+        let mut ctx = RequestContext::new(Request::new("GET", "/"));
+        ctx.metadata_mut().set("auth.consumer", "acme");
+        assert_eq!(p.key_of(&ctx).as_deref(), Some("acme"));
+        let anonymous = RequestContext::new(Request::new("GET", "/"));
+        assert_eq!(p.key_of(&anonymous), None);
+
+        let p = limiter(json!({"requestsPerSecond": 1}));
+        let ctx = RequestContext::new(
+            Request::new("GET", "/").with_client_address("10.1.2.3:5555".parse().expect("addr")),
+        );
+        assert_eq!(
+            p.key_of(&ctx).as_deref(),
+            Some("10.1.2.3"),
+            "the port is not part of the key"
+        );
+
+        let p = limiter(
+            json!({"requestsPerSecond": 1, "key": {"header": "x-user"}, "missingKey": "reject"}),
+        );
+        let mut ctx = RequestContext::new(Request::new("GET", "/"));
+        assert_eq!(
+            expect_respond(testkit::run_request(&p, &mut ctx)).status(),
+            429
+        );
+    }
+
+    #[test]
+    fn memory_is_bounded_under_many_distinct_keys() {
+        let p = limiter(json!({"requestsPerSecond": 1, "burst": 5, "maxKeys": 64}));
+        for i in 0..10_000 {
+            p.take(&format!("client-{i}"), at(0.0));
+        }
+        assert!(p.tracked() <= 64, "{} buckets", p.tracked());
+        // A busy key used a moment ago survives the churn of new ones.
+        for _ in 0..5 {
+            p.take("busy", at(1.0));
+        }
+        for i in 0..10 {
+            p.take(&format!("late-{i}"), at(0.5));
+        }
+        assert_eq!(p.take("busy", at(1.0)), Verdict::Limited { retry_after: 1 });
+    }
+
+    #[test]
+    fn bad_settings_name_their_field() {
+        for (params, field) in [
+            (json!({"requestsPerSecond": 0}), "requestsPerSecond"),
+            (json!({"requestsPerSecond": 1, "burst": 0}), "burst"),
+            (
+                json!({"requestsPerSecond": 1, "key": {"client": "port"}}),
+                "key.client",
+            ),
+        ] {
+            let err =
+                testkit::new_policy::<RateLimit>(params.clone()).expect_err(&params.to_string());
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+}
