@@ -105,9 +105,10 @@ pub(super) fn compile(
             }
             let key: Arc<str> = format!("{}:{}", policy.name, policy.version).into();
             let definition = built.definition;
-            chain.needs.request_body |= definition.requires_request_body;
-            chain.needs.response_body |= definition.requires_response_body;
+            // A body is needed only by a policy that takes part in that direction: an instance
+            // that opted out of a phase never makes Envoy buffer it.
             if let Some(hook) = built.instance.request() {
+                chain.needs.request_body |= definition.requires_request_body;
                 chain.request.push(Step {
                     key: Arc::clone(&key),
                     position: p,
@@ -119,6 +120,7 @@ pub(super) fn compile(
             }
             if let Some(hook) = built.instance.response() {
                 chain.needs.response_headers = true;
+                chain.needs.response_body |= definition.requires_response_body;
                 response_steps.push(Step {
                     key,
                     position: p,

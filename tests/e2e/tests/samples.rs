@@ -190,3 +190,62 @@ routes:
         "authentication runs first: no key, no token taken"
     );
 }
+
+#[test]
+fn json_body_transform_edits_request_and_response_bodies() {
+    let stack = Stack::start(
+        r#"
+version: v1
+routes:
+  - route: body
+    policies:
+      - name: json-body-transform
+        version: 1.0.0
+        params:
+          request: {remove: [/internal_id], set: {/source: gateway}, nonJson: reject}
+          response: {remove: [/headers]}
+  - route: public
+    policies:
+      - name: json-body-transform
+        version: 1.0.0
+        params: {request: {remove: [/internal_id]}}
+"#,
+    );
+    let reply = stack.send(Request::post(
+        "/body/orders",
+        br#"{"item":"book","internal_id":"db-1"}"#,
+    ));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = stack.upstream.last();
+    let sent: serde_json::Value = serde_json::from_slice(&seen.body).expect("JSON upstream");
+    assert_eq!(
+        sent,
+        serde_json::json!({"item": "book", "source": "gateway"})
+    );
+    assert_eq!(
+        seen.header("content-length"),
+        Some(seen.body.len().to_string())
+    );
+    let echo = reply.json();
+    assert!(
+        echo.get("headers").is_none(),
+        "removed from the response: {echo}"
+    );
+    assert_eq!(echo["path"], "/body/orders");
+
+    let reply = stack.send(Request::post("/body/orders", b"item=book"));
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "invalid_json");
+
+    // Request edits only: the response is not buffered, so it reaches the client as sent.
+    let sent = "http.e2e.ext_proc.stream_msgs_sent";
+    let before = stack.envoy_counter(sent);
+    let reply = stack.send(Request::post("/public/x", br#"{"internal_id":1,"keep":2}"#));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(stack.upstream.last().body, br#"{"keep":2}"#);
+    assert_eq!(
+        stack.envoy_counter(sent) - before,
+        2,
+        "request headers and body only"
+    );
+}
