@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         api_key_validation::policy_export(),
         cors::policy_export(),
         json_body_transform::policy_export(),
+        jwt_validation::policy_export(),
         llm_guard::policy_export(),
         rate_limit::policy_export(),
         respond::policy_export(),

@@ -1,5 +1,7 @@
 //! The sample policies through a real Envoy: one scenario (at least) per policy.
 
+#[path = "../../../sample-policies/jwt-validation/v1.0.0/tests/support/mod.rs"]
+mod jwt;
 mod support;
 
 use support::{Request, Stack};
@@ -291,4 +293,54 @@ routes:
     assert_eq!(reply.status, 403, "{}", reply.text());
     assert_eq!(reply.json()["rule"], "model-allow-list");
     assert_eq!(stack.upstream.received().len(), 1);
+}
+
+/// A route configuration with jwt-validation `version` on route `route` (keys inline).
+fn jwt_route(route: &str, version: &str, extra: &str) -> String {
+    let keys = serde_json::json!({"keys": [jwt::jwk("rsa", "rsa-1"), jwt::jwk("ec", "ec-1")]});
+    format!(
+        "  - route: {route}\n    policies:\n      - name: jwt-validation\n        version: {version}\n        params: {{issuer: \"{}\", audiences: [{}], jwks: {keys}{extra}}}\n      - {{name: meta-header, version: 1.0.0, params: {{key: auth.subject, header: x-subject}}}}\n",
+        jwt::ISSUER,
+        jwt::AUDIENCE
+    )
+}
+
+#[test]
+fn jwt_validation_accepts_real_tokens_and_rejects_bad_ones() {
+    let stack = Stack::start(&format!(
+        "version: v1\nroutes:\n{}",
+        jwt_route("private", "1.0.0", "")
+    ));
+    let reply = stack.send(Request::get("/private/orders"));
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+
+    for (key, kid) in [("rsa", "rsa-1"), ("ec", "ec-1")] {
+        let token = jwt::token(key, kid, &jwt::claims(serde_json::json!({"sub": "bob"})));
+        let bearer = format!("Bearer {token}");
+        let reply = stack.send(Request::get("/private/orders").header("authorization", &bearer));
+        assert_eq!(reply.status, 200, "{key}: {}", reply.text());
+        assert_eq!(
+            reply.header("x-subject"),
+            Some("bob"),
+            "claims reach the response phase"
+        );
+    }
+
+    let expired = jwt::token(
+        "rsa",
+        "rsa-1",
+        &jwt::claims(serde_json::json!({"exp": jwt::now() - 3600})),
+    );
+    let bearer = format!("Bearer {expired}");
+    let reply = stack.send(Request::get("/private/orders").header("authorization", &bearer));
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    assert!(
+        reply
+            .header("www-authenticate")
+            .is_some_and(|c| c.contains("error=\"invalid_token\"")),
+        "{:?}",
+        reply.headers
+    );
+    assert_eq!(stack.upstream.received().len(), 2);
 }

@@ -1,0 +1,107 @@
+//! Keys fetched from a JWKS endpoint: cached, refreshed on an unknown kid (rate-limited), stale
+//! keys used while the endpoint is down, and fail closed past the grace period.
+
+mod support;
+
+use jwt_validation::JwtValidation;
+use policy_sdk::testkit::{self, expect_continue, expect_respond};
+use policy_sdk::{PolicyError, Request, RequestAction, RequestContext};
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use support::*;
+
+fn policy(server: &JwksServer, cache: Value) -> JwtValidation {
+    testkit::new_policy(json!({
+        "issuer": ISSUER, "audiences": [AUDIENCE], "jwksUrl": server.url, "cache": cache,
+    }))
+    .expect("valid params")
+}
+
+fn run(p: &JwtValidation, token: &str) -> Result<RequestAction, PolicyError> {
+    let mut ctx = RequestContext::new(
+        Request::new("GET", "/").with_header("authorization", format!("Bearer {token}")),
+    );
+    testkit::run_request(p, &mut ctx)
+}
+
+#[test]
+fn keys_are_fetched_once_and_refreshed_on_an_unknown_kid_at_most_once_per_interval() {
+    let server = JwksServer::start(json!({"keys": [jwk("rsa", "k1")]}));
+    let p = policy(&server, json!({"minRefreshIntervalSeconds": 3600}));
+    for _ in 0..3 {
+        assert!(expect_continue(run(&p, &token("rsa", "k1", &claims(json!({}))))).is_empty());
+    }
+    assert_eq!(server.fetches(), 1, "cached after the first fetch");
+
+    // The issuer rotates to an EC key: the first token with the new kid triggers one refresh...
+    *server.set.lock().expect("set") = json!({"keys": [jwk("rsa", "k1"), jwk("ec", "k2")]});
+    let p = policy(&server, json!({"minRefreshIntervalSeconds": 0}));
+    assert!(expect_continue(run(&p, &token("rsa", "k1", &claims(json!({}))))).is_empty());
+    let before = server.fetches();
+    assert!(expect_continue(run(&p, &token("ec", "k2", &claims(json!({}))))).is_empty());
+    assert_eq!(server.fetches(), before, "already in the fresh set");
+
+    // ...while unknown kids cannot make it fetch more than once per interval.
+    let p = policy(&server, json!({"minRefreshIntervalSeconds": 3600}));
+    assert!(expect_continue(run(&p, &token("rsa", "k1", &claims(json!({}))))).is_empty());
+    let before = server.fetches();
+    for kid in ["forged-1", "forged-2", "forged-3"] {
+        let r = expect_respond(run(&p, &token("rsa-other", kid, &claims(json!({})))));
+        assert_eq!(r.status(), 401);
+    }
+    assert_eq!(
+        server.fetches(),
+        before,
+        "the prefetch was recent: no refresh at all"
+    );
+}
+
+#[test]
+fn an_unknown_kid_refreshes_the_keys_once_the_interval_allows() {
+    let server = JwksServer::start(json!({"keys": [jwk("rsa", "k1")]}));
+    let p = policy(&server, json!({"minRefreshIntervalSeconds": 0}));
+    assert!(expect_continue(run(&p, &token("rsa", "k1", &claims(json!({}))))).is_empty());
+    *server.set.lock().expect("set") = json!({"keys": [jwk("ec", "k2")]});
+    let before = server.fetches();
+    assert!(expect_continue(run(&p, &token("ec", "k2", &claims(json!({}))))).is_empty());
+    assert_eq!(
+        server.fetches(),
+        before + 1,
+        "one refresh found the new key"
+    );
+}
+
+#[test]
+fn stale_keys_serve_while_the_endpoint_is_down_then_the_policy_fails_closed() {
+    let server = JwksServer::start(json!({"keys": [jwk("rsa", "k1")]}));
+    let graceful = policy(
+        &server,
+        json!({"ttlSeconds": 1, "minRefreshIntervalSeconds": 0, "staleGraceSeconds": 3600}),
+    );
+    let strict = policy(
+        &server,
+        json!({"ttlSeconds": 1, "minRefreshIntervalSeconds": 0, "staleGraceSeconds": 0}),
+    );
+    let good = token("rsa", "k1", &claims(json!({})));
+    assert!(expect_continue(run(&graceful, &good)).is_empty());
+    assert!(expect_continue(run(&strict, &good)).is_empty());
+
+    server.down.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(
+        expect_continue(run(&graceful, &good)).is_empty(),
+        "the last keys are used within the grace period"
+    );
+    let error = run(&strict, &good).expect_err("no keys: the policy fails (onFailure decides)");
+    assert!(error.to_string().contains("503"), "{error}");
+}
+
+#[test]
+fn the_endpoint_never_reachable_fails_closed() {
+    let server = JwksServer::start(json!({"keys": []}));
+    server.down.store(true, Ordering::SeqCst);
+    let p = policy(&server, json!({"fetchTimeoutMs": 500}));
+    let error = run(&p, &token("rsa", "k1", &claims(json!({})))).expect_err("no keys");
+    assert!(error.to_string().contains("no signing keys"), "{error}");
+}
