@@ -161,3 +161,53 @@ fn a_compile_error_names_the_policy() {
     assert!(!run.stderr.contains("[fine]"), "{run:?}");
     assert!(!out.join("policy-engine").exists(), "nothing is packaged");
 }
+
+#[test]
+fn the_sample_manifest_builds_with_every_sample_policy() {
+    let temp = Temp::new("samples");
+    let out = temp.path("dist");
+    let manifest = format!("{}/../policy-manifest.yaml", env!("CARGO_MANIFEST_DIR"));
+    let run = builder(&[
+        "--manifest",
+        &manifest,
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON report");
+    let mut expected: Vec<String> =
+        std::fs::read_dir(format!("{}/../sample-policies", env!("CARGO_MANIFEST_DIR")))
+            .expect("sample-policies")
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .flat_map(|policy| {
+                let name = policy.file_name().to_string_lossy().into_owned();
+                std::fs::read_dir(policy.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(move |v| {
+                        let version = v
+                            .file_name()
+                            .to_string_lossy()
+                            .strip_prefix('v')?
+                            .to_owned();
+                        Some(format!("{name}:{version}"))
+                    })
+            })
+            .collect();
+    expected.sort();
+    let mut built: Vec<String> = report["policies"]
+        .as_array()
+        .expect("policies")
+        .iter()
+        .filter_map(|p| p.as_str().map(str::to_owned))
+        .collect();
+    built.sort();
+    assert_eq!(
+        built, expected,
+        "policy-manifest.yaml lists every sample policy crate"
+    );
+}

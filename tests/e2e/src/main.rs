@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         cors::policy_export(),
         json_body_transform::policy_export(),
         jwt_validation::policy_export(),
+        jwt_validation_v2::policy_export(),
         llm_guard::policy_export(),
         rate_limit::policy_export(),
         respond::policy_export(),

@@ -344,3 +344,43 @@ fn jwt_validation_accepts_real_tokens_and_rejects_bad_ones() {
     );
     assert_eq!(stack.upstream.received().len(), 2);
 }
+
+#[test]
+fn jwt_validation_1_and_2_run_side_by_side() {
+    let keys = serde_json::json!({"keys": [jwt::jwk("rsa", "rsa-1")]});
+    let v2 = format!(
+        "  - route: public\n    policies:\n      - name: jwt-validation\n        version: 2.0.0\n        params: {{issuers: [{{issuer: \"{}\", audiences: [{}], jwks: {keys}}}], requiredScopes: [orders:read], claimsToHeaders: {{sub: x-user-id}}}}\n",
+        jwt::ISSUER,
+        jwt::AUDIENCE
+    );
+    let stack = Stack::start(&format!(
+        "version: v1\nroutes:\n{}{v2}",
+        jwt_route("private", "1.0.0", "")
+    ));
+    let scoped = jwt::token(
+        "rsa",
+        "rsa-1",
+        &jwt::claims(serde_json::json!({"scope": "orders:read"})),
+    );
+    let unscoped = jwt::token("rsa", "rsa-1", &jwt::claims(serde_json::json!({})));
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    // 1.0.0 knows nothing of scopes or headers.
+    let reply = stack.send(Request::get("/private/a").header("authorization", &bearer(&unscoped)));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(stack.upstream.last().header("x-user-id"), None);
+
+    // 2.0.0 requires the scope and forwards the subject, replacing a forged header.
+    let reply = stack.send(Request::get("/public/a").header("authorization", &bearer(&unscoped)));
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    let reply = stack.send(
+        Request::get("/public/a")
+            .header("authorization", &bearer(&scoped))
+            .header("x-user-id", "mallory"),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        stack.upstream.last().header("x-user-id").as_deref(),
+        Some("alice")
+    );
+}
