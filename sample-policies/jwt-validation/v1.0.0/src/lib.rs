@@ -87,16 +87,20 @@ impl Default for CacheParams {
     }
 }
 
-fn default_algorithms() -> Vec<Algorithm> {
+/// RS256 and ES256.
+pub fn default_algorithms() -> Vec<Algorithm> {
     vec![Algorithm::RS256, Algorithm::ES256]
 }
-fn default_skew() -> u64 {
+/// 30 seconds.
+pub fn default_skew() -> u64 {
     30
 }
-fn default_header() -> String {
+/// `authorization`.
+pub fn default_header() -> String {
     "authorization".into()
 }
-fn default_scheme() -> String {
+/// `Bearer`.
+pub fn default_scheme() -> String {
     "Bearer".into()
 }
 fn default_ttl() -> u64 {

@@ -15,7 +15,8 @@
 use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::JwkSet;
 use jwt_validation_v1::{
-    CacheParams, Provider, Rejection, extract_token, missing_token, record, reject,
+    CacheParams, Provider, Rejection, default_algorithms, default_header, default_scheme,
+    default_skew, extract_token, missing_token, record, reject,
 };
 use policy_sdk::{
     ImmediateResponse, Outcome, Policy, PolicyError, RequestAction, RequestContext, RequestPolicy,
@@ -71,19 +72,6 @@ pub struct IssuerParams {
     /// Key cache.
     #[serde(default)]
     pub cache: CacheParams,
-}
-
-fn default_algorithms() -> Vec<Algorithm> {
-    vec![Algorithm::RS256, Algorithm::ES256]
-}
-fn default_skew() -> u64 {
-    30
-}
-fn default_header() -> String {
-    "authorization".into()
-}
-fn default_scheme() -> String {
-    "Bearer".into()
 }
 
 /// The policy.
