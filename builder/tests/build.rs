@@ -48,22 +48,10 @@ fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
     assert_eq!(run.code, Some(0), "{run:?}");
 
     let engine = out.join("policy-engine");
-    let policies = Command::new(&engine).arg("policies").output().expect("run");
-    let list: serde_json::Value = serde_json::from_slice(&policies.stdout).expect("JSON");
-    let mut keys: Vec<String> = list
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|p| {
-            format!(
-                "{}:{}",
-                p["name"].as_str().unwrap_or("?"),
-                p["version"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
-    keys.sort();
-    assert_eq!(keys, ["set-header:1.0.0", "tag:1.0.0", "tag:2.0.0"]);
+    assert_eq!(
+        registered(&engine),
+        ["set-header:1.0.0", "tag:1.0.0", "tag:2.0.0"]
+    );
 
     let info = Command::new(&engine)
         .arg("build-info")
@@ -210,4 +198,26 @@ fn the_sample_manifest_builds_with_every_sample_policy() {
         built, expected,
         "policy-manifest.yaml lists every sample policy crate"
     );
+    assert_eq!(registered(&out.join("policy-engine")), expected);
+}
+
+/// The sorted `name:version` keys a built engine's `policies` subcommand lists.
+fn registered(engine: &std::path::Path) -> Vec<String> {
+    let policies = Command::new(engine).arg("policies").output().expect("run");
+    assert!(policies.status.success(), "{policies:?}");
+    let list: serde_json::Value = serde_json::from_slice(&policies.stdout).expect("JSON");
+    let mut keys: Vec<String> = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}",
+                p["name"].as_str().unwrap_or("?"),
+                p["version"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    keys.sort();
+    keys
 }
