@@ -4,7 +4,7 @@
 
 use crate::reload::{FileSource, Reload};
 use crate::server::{EngineState, ExtProc, RouteKey, ServerOptions};
-use crate::{Registry, load};
+use crate::{Registry, load, xds};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve ext_proc (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check a route configuration file against the compiled-in policies and exit.
     Validate {
         /// The route configuration file.
@@ -54,9 +54,40 @@ struct ServeArgs {
     /// Where to serve ext_proc: HOST:PORT, or unix:/PATH for a Unix socket.
     #[arg(long, env = "POLICY_ENGINE_LISTEN", default_value = "127.0.0.1:9001")]
     listen: String,
-    /// The route configuration file (reloaded when it changes, and on SIGHUP).
-    #[arg(long, env = "POLICY_ENGINE_CONFIG")]
+    /// File mode: the route configuration file (reloaded when it changes, and on SIGHUP).
+    #[arg(long, env = "POLICY_ENGINE_CONFIG", conflicts_with = "xds_server")]
     config: Option<PathBuf>,
+    /// xDS mode: the control plane's ADS address, http://HOST:PORT or https://HOST:PORT.
+    #[arg(long, env = "POLICY_ENGINE_XDS_SERVER")]
+    xds_server: Option<String>,
+    /// xDS mode: the name of the policy-chain resource to subscribe to.
+    #[arg(long, env = "POLICY_ENGINE_XDS_RESOURCE", default_value = "default")]
+    xds_resource: String,
+    /// xDS mode: this engine's node id (default: the host name).
+    #[arg(long, env = "POLICY_ENGINE_NODE_ID")]
+    node_id: Option<String>,
+    /// xDS mode: this engine's node cluster.
+    #[arg(
+        long,
+        env = "POLICY_ENGINE_NODE_CLUSTER",
+        default_value = "policy-engine"
+    )]
+    node_cluster: String,
+    /// xDS mode: PEM CA certificates for an https:// control plane (default: the system roots).
+    #[arg(long, env = "POLICY_ENGINE_XDS_CA")]
+    xds_ca: Option<PathBuf>,
+    /// xDS mode: PEM client certificate for mutual TLS (with --xds-key).
+    #[arg(long, env = "POLICY_ENGINE_XDS_CERT")]
+    xds_cert: Option<PathBuf>,
+    /// xDS mode: PEM private key of --xds-cert.
+    #[arg(long, env = "POLICY_ENGINE_XDS_KEY")]
+    xds_key: Option<PathBuf>,
+    /// xDS mode: first delay before reconnecting, in milliseconds (doubles up to the maximum).
+    #[arg(long, default_value_t = 250)]
+    xds_backoff_initial_ms: u64,
+    /// xDS mode: longest delay before reconnecting, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    xds_backoff_max_ms: u64,
     /// Log filter, e.g. `info` or `policy_runtime=debug`.
     #[arg(long, env = "POLICY_ENGINE_LOG", default_value = "info")]
     log_level: String,
@@ -92,7 +123,7 @@ pub fn run(registry: Registry, build_info: serde_json::Value) -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => serve(cli.serve, registry, &build_info),
-        Some(Command::Serve(args)) => serve(args, registry, &build_info),
+        Some(Command::Serve(args)) => serve(*args, registry, &build_info),
         Some(Command::Validate { config }) => validate(&config, &registry),
         Some(Command::Policies) => print_json(&policies(&registry)),
         Some(Command::BuildInfo) => print_json(&build_info),
@@ -191,17 +222,9 @@ async fn serve_async(
     registry: Registry,
     build_info: &serde_json::Value,
 ) -> anyhow::Result<()> {
-    let Some(config) = args.config.clone() else {
-        bail!("no route configuration: pass --config FILE (or set POLICY_ENGINE_CONFIG)");
-    };
     tracing::info!(policies = registry.len(), build = %build_info, "policy engine starting");
     let state = EngineState::new();
-    let mut source = FileSource::new(config, Arc::new(registry), Arc::clone(&state));
-    if source.reload(true).await != Reload::Applied {
-        tracing::warn!(file = %source.path().display(), "no valid configuration yet: answering 503 until one loads");
-    }
-    let watcher =
-        tokio::spawn(source.watch(Duration::from_millis(args.reload_interval_ms.max(50))));
+    let watcher = tokio::spawn(config_source(&args, Arc::new(registry), Arc::clone(&state)).await?);
 
     let options = ServerOptions {
         route_key: args.route_key.clone(),
@@ -236,6 +259,71 @@ async fn serve_async(
     };
     watcher.abort();
     result.context("serving ext_proc")
+}
+
+/// The configuration source the flags choose, file or xDS (exactly one), as a future that
+/// keeps the state current. File mode loads the file once before returning.
+async fn config_source(
+    args: &ServeArgs,
+    registry: Arc<Registry>,
+    state: Arc<EngineState>,
+) -> anyhow::Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+    match (&args.config, &args.xds_server) {
+        (Some(config), None) => {
+            let mut source = FileSource::new(config, registry, state);
+            if source.reload(true).await != Reload::Applied {
+                tracing::warn!(file = %source.path().display(), "no valid configuration yet: answering 503 until one loads");
+            }
+            Ok(Box::pin(source.watch(Duration::from_millis(
+                args.reload_interval_ms.max(50),
+            ))))
+        }
+        (None, Some(server)) => {
+            let options = xds::XdsOptions {
+                server: server.clone(),
+                tls: xds::XdsTls {
+                    ca: args.xds_ca.clone(),
+                    cert: args.xds_cert.clone(),
+                    key: args.xds_key.clone(),
+                },
+                backoff_initial: Duration::from_millis(args.xds_backoff_initial_ms),
+                backoff_max: Duration::from_millis(args.xds_backoff_max_ms),
+                connect_timeout: Duration::from_secs(5),
+            };
+            let endpoint = options.endpoint()?;
+            let node = xds::NodeIdentity {
+                id: args.node_id.clone().unwrap_or_else(host_name),
+                cluster: args.node_cluster.clone(),
+            };
+            tracing::info!(
+                server,
+                resource = args.xds_resource,
+                node = node.id,
+                "xDS mode: answering 503 until the first configuration arrives"
+            );
+            let subscription = xds::Subscription::new(&args.xds_resource, node, registry, state);
+            let backoff = xds::Backoff::new(options.backoff_initial, options.backoff_max);
+            Ok(Box::pin(xds::run(endpoint, subscription, backoff)))
+        }
+        (Some(_), Some(_)) => {
+            bail!(
+                "choose one configuration source: --config FILE (file mode) or --xds-server URL (xDS mode)"
+            )
+        }
+        (None, None) => bail!(
+            "no route configuration source: pass --config FILE (file mode) or --xds-server URL (xDS mode)"
+        ),
+    }
+}
+
+/// The host name (the default node id), from `$HOSTNAME` or the kernel.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "policy-engine".to_owned())
 }
 
 /// Removes a socket left by an earlier run; refuses to touch anything that is not a socket.

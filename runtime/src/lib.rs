@@ -8,7 +8,7 @@ pub mod registry;
 pub mod snapshot;
 
 pub use chain::{Chain, Decision, Denial, Needs};
-pub use config::{ConfigError, Problem, load};
+pub use config::{ConfigError, Problem, load, load_value};
 pub use registry::{RegisteredPolicy, Registry, RegistryError};
 pub use snapshot::Snapshot;
 
@@ -18,5 +18,7 @@ pub mod cli;
 pub mod reload;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod xds;
 #[cfg(feature = "server")]
 pub use cli::run;

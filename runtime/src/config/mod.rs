@@ -31,6 +31,32 @@ pub fn load(text: &str, source_name: &str, registry: &Registry) -> Result<Snapsh
             source_name: source_name.to_owned(),
             source: Box::new(source),
         })?;
+    compile_raw(raw, source_name, registry)
+}
+
+/// Compiles a route configuration document already parsed into JSON values, as it arrives over
+/// xDS. `source_name` names the stream or resource in errors.
+///
+/// # Errors
+/// [`ConfigError`] naming the source and every problem; nothing is partially activated.
+pub fn load_value(
+    value: serde_json::Value,
+    source_name: &str,
+    registry: &Registry,
+) -> Result<Snapshot, ConfigError> {
+    let raw: raw::RawConfig =
+        serde_json::from_value(value).map_err(|source| ConfigError::Shape {
+            source_name: source_name.to_owned(),
+            source,
+        })?;
+    compile_raw(raw, source_name, registry)
+}
+
+fn compile_raw(
+    raw: raw::RawConfig,
+    source_name: &str,
+    registry: &Registry,
+) -> Result<Snapshot, ConfigError> {
     compile::compile(raw, source_name, registry).map_err(|problems| ConfigError::Invalid {
         source_name: source_name.to_owned(),
         problems,

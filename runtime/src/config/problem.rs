@@ -51,6 +51,16 @@ pub enum ConfigError {
         #[source]
         source: Box<serde_saphyr::Error>,
     },
+    /// A structured document (from xDS) is not a route configuration: unknown or missing keys,
+    /// wrong types.
+    #[error("{source_name}: {source}")]
+    Shape {
+        /// The stream or resource it came from.
+        source_name: String,
+        /// What does not fit.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The document parses but does not hold together.
     #[error("{source_name}: {} problem{} found:\n{}", problems.len(), if problems.len() == 1 { "" } else { "s" }, list(problems))]
     Invalid {
