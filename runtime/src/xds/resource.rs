@@ -268,3 +268,27 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proto_file {
+    /// The published `.proto` and the Rust message must describe the same wire format.
+    #[test]
+    fn the_published_proto_matches_the_message() {
+        let proto = include_str!("../../../proto/policy_engine/config/v1/policy_chain.proto");
+        let (package, message) = super::TYPE_URL
+            .trim_start_matches("type.googleapis.com/")
+            .rsplit_once('.')
+            .expect("package.Message");
+        assert!(proto.contains(&format!("package {package};")));
+        assert!(proto.contains(&format!("message {message} {{")));
+        assert!(proto.contains("  string name = 1;"));
+        assert!(proto.contains("  google.protobuf.Struct config = 2;"));
+        let fields = proto
+            .lines()
+            .filter(|l| {
+                l.starts_with("  ") && !l.trim_start().starts_with("//") && l.contains(" = ")
+            })
+            .count();
+        assert_eq!(fields, 2, "two fields, as in the message");
+    }
+}

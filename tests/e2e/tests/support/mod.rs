@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod control_plane;
 pub mod http;
 pub mod upstream;
 
@@ -49,7 +50,7 @@ fn repo_root() -> PathBuf {
 pub struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new() -> Scratch {
+    pub fn new() -> Scratch {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "policy-e2e-{}-{}",
@@ -73,7 +74,7 @@ impl Drop for Scratch {
 }
 
 /// A child process killed on drop.
-struct Process(Child);
+pub(crate) struct Process(pub(crate) Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -217,12 +218,13 @@ fn spawn_engine(engine: &Path, scratch: &Scratch, extra: &[&str]) -> (Process, S
     if !extra.contains(&"--listen") {
         command.args(["--listen", "127.0.0.1:0"]);
     }
-    if !extra.contains(&"--reload-interval-ms") {
-        command.args(["--reload-interval-ms", "100"]);
+    if !extra.contains(&"--xds-server") {
+        if !extra.contains(&"--reload-interval-ms") {
+            command.args(["--reload-interval-ms", "100"]);
+        }
+        command.arg("--config").arg(&config);
     }
     let mut child = command
-        .arg("--config")
-        .arg(&config)
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(log)
