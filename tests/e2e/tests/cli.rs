@@ -106,3 +106,36 @@ fn healthcheck_succeeds_only_while_an_engine_listens() {
     assert_eq!(down.status.code(), Some(1), "{down:?}");
     assert!(String::from_utf8_lossy(&down.stderr).contains("connecting to"));
 }
+
+#[test]
+fn the_configuration_source_is_chosen_explicitly() {
+    let both = engine(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        "routes.yaml",
+        "--xds-server",
+        "http://127.0.0.1:1",
+    ]);
+    assert_eq!(both.status.code(), Some(2), "a usage error: {both:?}");
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(
+        stderr.contains("--config") && stderr.contains("--xds-server"),
+        "{stderr}"
+    );
+
+    let neither = engine(&["--listen", "127.0.0.1:0"]);
+    assert_eq!(neither.status.code(), Some(1), "{neither:?}");
+    let stderr = String::from_utf8_lossy(&neither.stderr);
+    assert!(
+        stderr.contains("--config FILE (file mode) or --xds-server URL (xDS mode)"),
+        "{stderr}"
+    );
+
+    let no_scheme = engine(&["--listen", "127.0.0.1:0", "--xds-server", "127.0.0.1:1"]);
+    assert_eq!(no_scheme.status.code(), Some(1), "{no_scheme:?}");
+    assert!(
+        String::from_utf8_lossy(&no_scheme.stderr).contains("is not http://HOST:PORT"),
+        "{no_scheme:?}"
+    );
+}
