@@ -96,7 +96,13 @@ fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
         .expect("run");
     assert!(valid.status.success(), "{valid:?}");
     let mut serving = Command::new(&engine)
-        .args(["--listen", "127.0.0.1:0", "--config"])
+        .args([
+            "--admin-listen",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

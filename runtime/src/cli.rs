@@ -2,16 +2,20 @@
 //!
 //! The builder's generated `main` registers the manifest's policies and calls [`run`].
 
+use crate::admin::{Admin, policy_list};
 use crate::reload::{FileSource, Reload};
 use crate::server::{EngineState, ExtProc, RouteKey, ServerOptions};
 use crate::{Registry, load, xds};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 use tracing_subscriber::EnvFilter;
 
 /// A policy engine for Envoy's external processing filter.
@@ -37,9 +41,13 @@ enum Command {
     Policies,
     /// Print the build information as JSON.
     BuildInfo,
-    /// Exit 0 when an engine accepts connections at the listen address (for container
-    /// HEALTHCHECKs: the image needs no shell or curl).
+    /// Exit 0 when an engine accepts connections at the listen address, or with --admin when
+    /// its admin API reports it ready (for container HEALTHCHECKs: the image needs no shell or
+    /// curl).
     Healthcheck {
+        /// Ask the admin API at HOST:PORT for `/health/ready` instead of connecting to ext_proc.
+        #[arg(long)]
+        admin: Option<String>,
         /// The engine's address: HOST:PORT (0.0.0.0 means this host) or unix:/PATH.
         #[arg(long, env = "POLICY_ENGINE_LISTEN", default_value = "127.0.0.1:9001")]
         listen: String,
@@ -106,6 +114,21 @@ struct ServeArgs {
     /// Runtime worker threads; 0 runs everything on one thread.
     #[arg(long, env = "POLICY_ENGINE_WORKERS", default_value_t = 1)]
     workers: usize,
+    /// The admin API's address (health, metrics, config, policies, build info): HOST:PORT, or
+    /// `off`. Keep it on loopback or a private network: it shows the configuration.
+    #[arg(
+        long,
+        env = "POLICY_ENGINE_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9002"
+    )]
+    admin_listen: String,
+    /// On SIGTERM, how long streams in flight may take to finish, in milliseconds.
+    #[arg(
+        long,
+        env = "POLICY_ENGINE_SHUTDOWN_GRACE_MS",
+        default_value_t = 15_000
+    )]
+    shutdown_grace_ms: u64,
     /// How often the configuration file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     reload_interval_ms: u64,
@@ -125,11 +148,16 @@ pub fn run(registry: Registry, build_info: serde_json::Value) -> ExitCode {
         None => serve(cli.serve, registry, &build_info),
         Some(Command::Serve(args)) => serve(*args, registry, &build_info),
         Some(Command::Validate { config }) => validate(&config, &registry),
-        Some(Command::Policies) => print_json(&policies(&registry)),
+        Some(Command::Policies) => print_json(&policy_list(&registry)),
         Some(Command::BuildInfo) => print_json(&build_info),
-        Some(Command::Healthcheck { listen, timeout_ms }) => {
-            healthcheck(&listen, Duration::from_millis(timeout_ms))
-        }
+        Some(Command::Healthcheck {
+            admin: Some(admin),
+            timeout_ms,
+            ..
+        }) => ready_check(&admin, Duration::from_millis(timeout_ms)),
+        Some(Command::Healthcheck {
+            listen, timeout_ms, ..
+        }) => healthcheck(&listen, Duration::from_millis(timeout_ms)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,21 +168,55 @@ pub fn run(registry: Registry, build_info: serde_json::Value) -> ExitCode {
     }
 }
 
-fn healthcheck(listen: &str, timeout: Duration) -> anyhow::Result<()> {
-    if let Some(path) = listen.strip_prefix("unix:") {
-        std::os::unix::net::UnixStream::connect(path)
-            .with_context(|| format!("connecting to {listen}"))?;
-        return Ok(());
+/// `GET /health/ready` on the admin API; succeeds on 200.
+fn ready_check(admin: &str, timeout: Duration) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let addr = loopback_if_unspecified(
+        admin
+            .parse()
+            .with_context(|| format!("--admin {admin:?} is not HOST:PORT"))?,
+    );
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(
+        format!("GET /health/ready HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )?;
+    let mut head = [0u8; 12];
+    stream
+        .read_exact(&mut head)
+        .with_context(|| format!("reading the answer of {addr}"))?;
+    match &head[9..12] {
+        b"200" => Ok(()),
+        status => bail!(
+            "{addr}/health/ready answered {}: not ready",
+            String::from_utf8_lossy(status)
+        ),
     }
-    let mut addr: SocketAddr = listen
-        .parse()
-        .with_context(|| format!("{listen:?} is not HOST:PORT or unix:/PATH"))?;
+}
+
+fn loopback_if_unspecified(mut addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {
             SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
+    addr
+}
+
+fn healthcheck(listen: &str, timeout: Duration) -> anyhow::Result<()> {
+    if let Some(path) = listen.strip_prefix("unix:") {
+        std::os::unix::net::UnixStream::connect(path)
+            .with_context(|| format!("connecting to {listen}"))?;
+        return Ok(());
+    }
+    let addr = loopback_if_unspecified(
+        listen
+            .parse()
+            .with_context(|| format!("{listen:?} is not HOST:PORT or unix:/PATH"))?,
+    );
     std::net::TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to {addr}"))?;
     Ok(())
@@ -163,13 +225,6 @@ fn healthcheck(listen: &str, timeout: Duration) -> anyhow::Result<()> {
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
-}
-
-fn policies(registry: &Registry) -> serde_json::Value {
-    registry
-        .iter()
-        .map(|p| serde_json::to_value(p.definition()).unwrap_or_default())
-        .collect()
 }
 
 fn validate(config: &PathBuf, registry: &Registry) -> anyhow::Result<()> {
@@ -223,42 +278,140 @@ async fn serve_async(
     build_info: &serde_json::Value,
 ) -> anyhow::Result<()> {
     tracing::info!(policies = registry.len(), build = %build_info, "policy engine starting");
-    let state = EngineState::new();
-    let watcher = tokio::spawn(config_source(&args, Arc::new(registry), Arc::clone(&state)).await?);
+    // Installed first, so a SIGTERM right after start-up is a graceful stop, never a kill.
+    let mut terminate = Terminate::install()?;
+    let registry = Arc::new(registry);
+    let state = EngineState::with_metrics(Arc::clone(registry.metrics()));
+    let watcher =
+        tokio::spawn(config_source(&args, Arc::clone(&registry), Arc::clone(&state)).await?);
+    let admin = match args.admin_listen.as_str() {
+        "off" => None,
+        address => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("--admin-listen {address}: binding"))?;
+            let bound = listener.local_addr().context("reading the admin address")?;
+            let router = Admin::new(
+                Arc::clone(&state),
+                Arc::clone(&registry),
+                build_info.clone(),
+            )
+            .router();
+            tracing::info!(address = %bound, "serving the admin API");
+            println!("policy-engine admin on {bound}");
+            Some(tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).await {
+                    tracing::error!(%error, "the admin API stopped");
+                }
+            }))
+        }
+    };
 
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(report_health(health.clone(), state.watch_ready()));
     let options = ServerOptions {
         route_key: args.route_key.clone(),
         max_body_bytes: args.max_body_bytes,
     };
-    let service = ExtProc::new(state, options).into_service();
+    let service = ExtProc::new(Arc::clone(&state), options).into_service();
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(args.max_concurrent_streams)
+        .add_service(health_service)
         .add_service(service);
 
-    let result = if let Some(path) = args.listen.strip_prefix("unix:") {
-        remove_stale_socket(path)?;
-        let listener =
-            tokio::net::UnixListener::bind(path).with_context(|| format!("binding {path}"))?;
-        announce(&args.listen);
-        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-        server
-            .serve_with_incoming_shutdown(incoming, shutdown())
-            .await
-    } else {
-        let addr: SocketAddr = args.listen.parse().with_context(|| {
-            format!("--listen {:?} is not HOST:PORT or unix:/PATH", args.listen)
-        })?;
-        let incoming = tonic::transport::server::TcpIncoming::bind(addr)
-            .with_context(|| format!("binding {addr}"))?
-            .with_nodelay(Some(true));
-        let bound = incoming.local_addr().context("reading the bound address")?;
-        announce(&bound.to_string());
-        server
-            .serve_with_incoming_shutdown(incoming, shutdown())
-            .await
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop_accepting = async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let serving: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
+        if let Some(path) = args.listen.strip_prefix("unix:") {
+            remove_stale_socket(path)?;
+            let listener =
+                tokio::net::UnixListener::bind(path).with_context(|| format!("binding {path}"))?;
+            announce(&args.listen);
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            Box::pin(server.serve_with_incoming_shutdown(incoming, stop_accepting))
+        } else {
+            let addr: SocketAddr = args.listen.parse().with_context(|| {
+                format!("--listen {:?} is not HOST:PORT or unix:/PATH", args.listen)
+            })?;
+            let incoming = tonic::transport::server::TcpIncoming::bind(addr)
+                .with_context(|| format!("binding {addr}"))?
+                .with_nodelay(Some(true));
+            let bound = incoming.local_addr().context("reading the bound address")?;
+            announce(&bound.to_string());
+            Box::pin(server.serve_with_incoming_shutdown(incoming, stop_accepting))
+        };
+    let mut serving = serving;
+    let result = tokio::select! {
+        result = &mut serving => result,
+        () = terminate.recv() => {
+            let grace = Duration::from_millis(args.shutdown_grace_ms);
+            let metrics = state.metrics();
+            tracing::info!(in_flight = metrics.streams_in_flight(), grace_ms = args.shutdown_grace_ms, "shutting down: no new streams; finishing the ones in flight");
+            health.set_service_status("", ServingStatus::NotServing).await;
+            let _ = stop.send(true);
+            match tokio::time::timeout(grace, &mut serving).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(cut = metrics.streams_in_flight(), "the grace period ended; closing the streams left");
+                    Ok(())
+                }
+            }
+        }
     };
     watcher.abort();
+    health_task.abort();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    tracing::info!("stopped");
     result.context("serving ext_proc")
+}
+
+/// Keeps the gRPC health service in step with readiness: NOT_SERVING until the first
+/// configuration, SERVING after (for the whole server and for the ext_proc service).
+async fn report_health(health: HealthReporter, mut ready: tokio::sync::watch::Receiver<bool>) {
+    let service = <ExternalProcessorServer<ExtProc> as tonic::server::NamedService>::NAME;
+    loop {
+        let status = if *ready.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health.set_service_status("", status).await;
+        health.set_service_status(service, status).await;
+        if ready.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// SIGTERM or Ctrl-C, with the handler installed when created.
+struct Terminate {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Terminate {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Terminate {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("installing the SIGTERM handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// The configuration source the flags choose, file or xDS (exactly one), as a future that
@@ -344,23 +497,4 @@ fn remove_stale_socket(path: &str) -> anyhow::Result<()> {
 fn announce(address: &str) {
     tracing::info!(address, "serving ext_proc");
     println!("policy-engine listening on {address}");
-}
-
-async fn shutdown() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutting down: finishing streams in flight");
 }

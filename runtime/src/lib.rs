@@ -4,14 +4,17 @@ pub mod chain;
 pub mod condition;
 pub mod config;
 pub mod definition;
+pub mod metrics;
 pub mod registry;
 pub mod snapshot;
 
-pub use chain::{Chain, Decision, Denial, Needs};
+pub use chain::{Chain, Decision, Denial, Needs, Trace};
 pub use config::{ConfigError, Problem, load, load_value};
 pub use registry::{RegisteredPolicy, Registry, RegistryError};
 pub use snapshot::Snapshot;
 
+#[cfg(feature = "server")]
+pub mod admin;
 #[cfg(feature = "server")]
 pub mod cli;
 #[cfg(feature = "server")]

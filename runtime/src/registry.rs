@@ -5,6 +5,9 @@ use policy_sdk::{Factory, PolicyExport};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
 
 /// A registered policy version: its definition, compiled parameter schema and factory.
 pub struct RegisteredPolicy {
@@ -60,6 +63,7 @@ pub enum RegistryError {
 #[derive(Debug, Default)]
 pub struct Registry {
     policies: BTreeMap<String, BTreeMap<VersionKey, RegisteredPolicy>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
@@ -95,7 +99,14 @@ impl Registry {
                 factory: export.factory(),
             },
         );
+        self.metrics.policy(&key);
         Ok(key)
+    }
+
+    /// The engine's metrics: policy series are created here, route series when a
+    /// configuration is compiled, so counters survive reloads.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The policy `name` at `version`.

@@ -83,6 +83,7 @@ impl FileSource {
                 Reload::Applied
             }
             Err(error) => {
+                self.state.rejected("file");
                 tracing::error!(
                     file,
                     "configuration rejected; keeping the last good configuration:\n{error}"

@@ -3,6 +3,7 @@
 use crate::chain::Chain;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// Every route's chain, compiled and validated. Immutable: a new configuration produces a new
 /// snapshot, swapped in whole; requests in flight keep the one they started with.
@@ -11,6 +12,10 @@ pub struct Snapshot {
     pub(crate) routes: HashMap<String, Arc<Chain>>,
     pub(crate) fallback: Option<Arc<Chain>>,
     pub(crate) source_name: String,
+    pub(crate) source_kind: &'static str,
+    pub(crate) version: String,
+    pub(crate) document: serde_json::Value,
+    pub(crate) loaded_at: SystemTime,
 }
 
 impl Snapshot {
@@ -35,5 +40,34 @@ impl Snapshot {
     /// Where the configuration came from (a file path or a stream name).
     pub fn source_name(&self) -> &str {
         &self.source_name
+    }
+
+    /// `file` or `xds`.
+    pub fn source_kind(&self) -> &'static str {
+        self.source_kind
+    }
+
+    /// The configuration's version: a digest of the file, or the xDS `version_info`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Sets where the snapshot came from and its version (the xDS client's `version_info`).
+    #[must_use]
+    pub fn with_origin(mut self, kind: &'static str, version: impl Into<String>) -> Self {
+        self.source_kind = kind;
+        self.version = version.into();
+        self
+    }
+
+    /// The document as loaded, with every secret parameter (`writeOnly` in its policy's
+    /// schema) replaced by `"[redacted]"`: safe to show on the admin API.
+    pub fn document(&self) -> &serde_json::Value {
+        &self.document
+    }
+
+    /// When it was compiled.
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
     }
 }

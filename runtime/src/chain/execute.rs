@@ -3,11 +3,13 @@
 use super::{Chain, Step};
 use crate::condition::{Condition, EvalError};
 use crate::config::OnFailure;
+use crate::metrics::Phase as MetricsPhase;
 use policy_sdk::{
     ImmediateResponse, Outcome, PolicyError, RequestAction, RequestContext, RequestPolicy,
     ResponseAction, ResponseContext, ResponsePolicy,
 };
 use std::sync::Arc;
+use std::time::Instant;
 
 /// How a phase of a chain ended.
 #[derive(Debug)]
@@ -34,12 +36,41 @@ impl Chain {
     /// Runs the request-phase steps against `ctx`, applying each one's modifications so later
     /// policies see them.
     pub async fn run_request(&self, ctx: &mut RequestContext) -> Decision {
-        run::<RequestPhase>(&self.route, &self.request, ctx).await
+        self.run_request_traced(ctx, None).await
+    }
+
+    /// [`Chain::run_request`], recording each policy's fate in `trace` when given, and the
+    /// chain's run time in the route's metrics.
+    pub async fn run_request_traced(
+        &self,
+        ctx: &mut RequestContext,
+        trace: Option<&mut Trace>,
+    ) -> Decision {
+        let started = Instant::now();
+        let decision = run::<RequestPhase>(&self.route, &self.request, ctx, trace).await;
+        self.metrics
+            .duration(MetricsPhase::Request)
+            .observe(started.elapsed());
+        decision
     }
 
     /// Runs the response-phase steps (reverse listed order) against `ctx`.
     pub async fn run_response(&self, ctx: &mut ResponseContext) -> Decision {
-        run::<ResponsePhase>(&self.route, &self.response, ctx).await
+        self.run_response_traced(ctx, None).await
+    }
+
+    /// [`Chain::run_response`] with an optional trace, like [`Chain::run_request_traced`].
+    pub async fn run_response_traced(
+        &self,
+        ctx: &mut ResponseContext,
+        trace: Option<&mut Trace>,
+    ) -> Decision {
+        let started = Instant::now();
+        let decision = run::<ResponsePhase>(&self.route, &self.response, ctx, trace).await;
+        self.metrics
+            .duration(MetricsPhase::Response)
+            .observe(started.elapsed());
+        decision
     }
 }
 
@@ -138,21 +169,36 @@ impl Phase for ResponsePhase {
     }
 }
 
-async fn run<P: Phase>(route: &str, steps: &[Step<P::Policy>], ctx: &mut P::Ctx) -> Decision {
-    for step in steps {
+async fn run<P: Phase>(
+    route: &str,
+    steps: &[Step<P::Policy>],
+    ctx: &mut P::Ctx,
+    mut trace: Option<&mut Trace>,
+) -> Decision {
+    let mut note = |step: &Step<P::Policy>, what: &str| {
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.push(&step.key, what);
+        }
+    };
+    for (i, step) in steps.iter().enumerate() {
         if let Some(condition) = &step.condition {
             match P::eval(condition, ctx) {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::debug!(route, policy = %step.key, phase = P::NAME, request_id = P::request_id(ctx), "condition false: skipped");
+                    step.metrics.skipped();
+                    note(step, "skipped (condition false)");
                     continue;
                 }
                 Err(error) => {
                     tracing::warn!(route, policy = %step.key, phase = P::NAME, request_id = P::request_id(ctx), %error, "condition could not be evaluated: skipped");
+                    step.metrics.skipped();
+                    note(step, "skipped (condition error)");
                     continue;
                 }
             }
         }
+        let started = Instant::now();
         let result = match P::invoke(&step.policy, ctx) {
             Outcome::Ready(result) => result,
             Outcome::Pending(future) => match tokio::time::timeout(step.timeout, future).await {
@@ -160,16 +206,26 @@ async fn run<P: Phase>(route: &str, steps: &[Step<P::Policy>], ctx: &mut P::Ctx)
                 Err(_) => Err(PolicyError::timeout(step.timeout)),
             },
         };
-        let error = match result.and_then(|action| P::settle(ctx, action)) {
-            Ok(None) => continue,
+        let settled = result.and_then(|action| P::settle(ctx, action));
+        step.metrics.ran(started.elapsed(), settled.is_err());
+        let error = match settled {
+            Ok(None) => {
+                tracing::debug!(route, policy = %step.key, phase = P::NAME, request_id = P::request_id(ctx), "continue");
+                note(step, "continue");
+                continue;
+            }
             Ok(Some(response)) => {
                 tracing::debug!(route, policy = %step.key, phase = P::NAME, request_id = P::request_id(ctx), status = response.status(), "immediate response");
+                note(step, &format!("respond {}", response.status()));
+                not_run(&steps[i + 1..], trace);
                 return Decision::Respond(response);
             }
             Err(error) => error,
         };
         match step.on_failure {
             OnFailure::Deny => {
+                note(step, "failed (deny)");
+                not_run(&steps[i + 1..], trace);
                 return Decision::Deny(Denial {
                     policy: Arc::clone(&step.key),
                     error,
@@ -177,12 +233,54 @@ async fn run<P: Phase>(route: &str, steps: &[Step<P::Policy>], ctx: &mut P::Ctx)
             }
             OnFailure::Continue => {
                 tracing::warn!(route, policy = %step.key, phase = P::NAME, request_id = P::request_id(ctx), %error, "policy failed: continuing (onFailure: continue)");
+                note(step, "failed (continue)");
             }
             OnFailure::SkipRemaining => {
                 tracing::warn!(route, policy = %step.key, phase = P::NAME, request_id = P::request_id(ctx), %error, "policy failed: skipping the rest of the chain (onFailure: skip_remaining)");
+                note(step, "failed (skip_remaining)");
+                not_run(&steps[i + 1..], trace);
                 return Decision::Continue;
             }
         }
     }
     Decision::Continue
+}
+
+fn not_run<P: ?Sized>(rest: &[Step<P>], trace: Option<&mut Trace>) {
+    if let Some(trace) = trace {
+        for step in rest {
+            trace.push(&step.key, "not run");
+        }
+    }
+}
+
+/// The "why" of one request: each policy of a phase with what happened to it, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trace {
+    entries: Vec<(Arc<str>, String)>,
+}
+
+impl Trace {
+    fn push(&mut self, key: &Arc<str>, what: &str) {
+        self.entries.push((Arc::clone(key), what.to_owned()));
+    }
+
+    /// `(name:version, what happened)` in execution order.
+    pub fn entries(&self) -> &[(Arc<str>, String)] {
+        &self.entries
+    }
+
+    /// One line: `jwt-validation:1.0.0=respond 401; rate-limit:1.0.0=not run`.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (i, (key, what)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                out.push_str("; ");
+            }
+            out.push_str(key);
+            out.push('=');
+            out.push_str(what);
+        }
+        out
+    }
 }

@@ -2,10 +2,11 @@
 
 mod execute;
 
-pub use execute::{Decision, Denial};
+pub use execute::{Decision, Denial, Trace};
 
 use crate::condition::Condition;
 use crate::config::OnFailure;
+use crate::metrics::{PolicyMetrics, RouteMetrics};
 use policy_sdk::{RequestPolicy, ResponsePolicy};
 use std::fmt;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub struct Step<P: ?Sized> {
     pub(crate) on_failure: OnFailure,
     pub(crate) timeout: Duration,
     pub(crate) policy: Arc<P>,
+    pub(crate) metrics: Arc<PolicyMetrics>,
 }
 
 impl<P: ?Sized> Step<P> {
@@ -72,6 +74,8 @@ pub struct Chain {
     pub(crate) request: Vec<Step<dyn RequestPolicy>>,
     pub(crate) response: Vec<Step<dyn ResponsePolicy>>,
     pub(crate) needs: Needs,
+    pub(crate) explain: bool,
+    pub(crate) metrics: Arc<RouteMetrics>,
 }
 
 impl Chain {
@@ -82,7 +86,19 @@ impl Chain {
             request: Vec::new(),
             response: Vec::new(),
             needs: Needs::default(),
+            explain: false,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Whether requests on this route get an explain trace (`explain: true`).
+    pub fn explain(&self) -> bool {
+        self.explain
+    }
+
+    /// This route's counters.
+    pub fn metrics(&self) -> &RouteMetrics {
+        &self.metrics
     }
 
     /// The route this chain serves.

@@ -5,6 +5,7 @@ use super::raw::{RawConfig, RawPolicy, UnknownRoute};
 use crate::chain::{Chain, Step};
 use crate::condition::Condition;
 use crate::definition::Phase;
+use crate::metrics::UNKNOWN_ROUTE;
 use crate::{Registry, Snapshot};
 use policy_sdk::PolicyInstance;
 use serde_json::Value;
@@ -87,6 +88,8 @@ pub(super) fn compile(
             continue;
         }
         let mut chain = Chain::empty(&route.route);
+        chain.explain = route.explain;
+        chain.metrics = registry.metrics().route(&route.route);
         let mut response_steps = Vec::new();
         for (p, policy) in route.policies.iter().enumerate() {
             let path = format!("{route_path}.policies[{p}]");
@@ -105,6 +108,7 @@ pub(super) fn compile(
             }
             let key: Arc<str> = format!("{}:{}", policy.name, policy.version).into();
             let definition = built.definition;
+            let metrics = registry.metrics().policy(&key);
             // A body is needed only by a policy that takes part in that direction: an instance
             // that opted out of a phase never makes Envoy buffer it.
             if let Some(hook) = built.instance.request() {
@@ -116,6 +120,7 @@ pub(super) fn compile(
                     on_failure: policy.on_failure,
                     timeout: built.timeout,
                     policy: Arc::clone(hook),
+                    metrics: Arc::clone(&metrics),
                 });
             }
             if let Some(hook) = built.instance.response() {
@@ -128,6 +133,7 @@ pub(super) fn compile(
                     on_failure: policy.on_failure,
                     timeout: built.timeout,
                     policy: Arc::clone(hook),
+                    metrics,
                 });
             }
         }
@@ -151,7 +157,11 @@ pub(super) fn compile(
             }
             chain
         }
-        (None, UnknownRoute::Allow) => Some(Arc::new(Chain::empty("(unknown route)"))),
+        (None, UnknownRoute::Allow) => {
+            let mut chain = Chain::empty(UNKNOWN_ROUTE);
+            chain.metrics = registry.metrics().route(UNKNOWN_ROUTE);
+            Some(Arc::new(chain))
+        }
         (None, UnknownRoute::Deny) => None,
     };
 
@@ -160,9 +170,47 @@ pub(super) fn compile(
             routes,
             fallback,
             source_name: source_name.to_owned(),
+            source_kind: "file",
+            version: String::new(),
+            document: redacted(&raw, registry),
+            loaded_at: std::time::SystemTime::now(),
         })
     } else {
         Err(problems)
+    }
+}
+
+/// The document as JSON with every secret parameter replaced.
+fn redacted(raw: &RawConfig, registry: &Registry) -> Value {
+    let mut document = serde_json::to_value(raw).unwrap_or(Value::Null);
+    let routes = document.get_mut("routes").and_then(Value::as_array_mut);
+    for (route, raw_route) in routes.into_iter().flatten().zip(&raw.routes) {
+        let policies = route.get_mut("policies").and_then(Value::as_array_mut);
+        for (policy, raw_policy) in policies.into_iter().flatten().zip(&raw_route.policies) {
+            let Some(registered) = registry.get(&raw_policy.name, &raw_policy.version) else {
+                continue;
+            };
+            if let Some(params) = policy.get_mut("params") {
+                redact(params, registered.params_schema().secret_fields());
+            }
+        }
+    }
+    document
+}
+
+fn redact(value: &mut Value, secrets: &std::collections::BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                if secrets.contains(key) {
+                    *child = Value::String("[redacted]".into());
+                } else {
+                    redact(child, secrets);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| redact(v, secrets)),
+        _ => {}
     }
 }
 

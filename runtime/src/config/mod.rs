@@ -31,7 +31,13 @@ pub fn load(text: &str, source_name: &str, registry: &Registry) -> Result<Snapsh
             source_name: source_name.to_owned(),
             source: Box::new(source),
         })?;
-    compile_raw(raw, source_name, registry)
+    let version = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    };
+    compile_raw(raw, source_name, registry).map(|s| s.with_origin("file", version))
 }
 
 /// Compiles a route configuration document already parsed into JSON values, as it arrives over
@@ -49,7 +55,7 @@ pub fn load_value(
             source_name: source_name.to_owned(),
             source,
         })?;
-    compile_raw(raw, source_name, registry)
+    compile_raw(raw, source_name, registry).map(|s| s.with_origin("xds", ""))
 }
 
 fn compile_raw(

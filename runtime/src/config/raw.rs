@@ -1,10 +1,10 @@
 //! The route configuration document as written (file mode; xDS carries the same document).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The whole document.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawConfig {
     /// Format version; must be `v1`.
@@ -18,7 +18,7 @@ pub struct RawConfig {
 }
 
 /// One route and its policy chain.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawRoute {
     /// The route key (Envoy's `xds.route_name` by default).
@@ -26,10 +26,14 @@ pub struct RawRoute {
     /// The chain, in request order.
     #[serde(default)]
     pub policies: Vec<RawPolicy>,
+    /// Trace every request's chain: which policies ran, their conditions and outcomes (in the
+    /// log, and in an `x-policy-explain` header on responses the engine or a policy gives).
+    #[serde(default)]
+    pub explain: bool,
 }
 
 /// One policy in a chain.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawPolicy {
     /// The policy's name.
@@ -58,7 +62,7 @@ fn enabled_by_default() -> bool {
 }
 
 /// What a policy error does to the rest of the chain.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {
     /// Stop and answer the client with an error (fail closed).
@@ -71,7 +75,7 @@ pub enum OnFailure {
 }
 
 /// Settings for every route.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawDefaults {
     /// What a request for a route with no chain gets, unless `defaultRoute` is set.
@@ -86,7 +90,7 @@ pub struct RawDefaults {
 }
 
 /// The treatment of requests whose route has no chain.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnknownRoute {
     /// Reject them (fail closed).

@@ -8,6 +8,7 @@ mod stream;
 mod translate;
 
 use crate::Snapshot;
+use crate::metrics::{Metrics, RouteMetrics, UNKNOWN_ROUTE};
 use arc_swap::ArcSwapOption;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
@@ -22,20 +23,60 @@ use stream::Exchange;
 use tonic::{Status, Streaming};
 
 /// The configuration requests run against: none until the first valid document loads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EngineState {
     snapshot: ArcSwapOption<Snapshot>,
+    metrics: Arc<Metrics>,
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for EngineState {
+    fn default() -> Self {
+        EngineState {
+            snapshot: ArcSwapOption::empty(),
+            metrics: Arc::default(),
+            ready: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 impl EngineState {
-    /// A state with no configuration (every request gets 503 until one is installed).
+    /// A state with no configuration (every request gets 503 until one is installed) and
+    /// metrics of its own.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
+    /// A state recording into `metrics` (the registry's, so policy and route series are
+    /// shared).
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(EngineState {
+            metrics,
+            ..EngineState::default()
+        })
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Swaps in a new snapshot; streams already running keep the chain they started with.
     pub fn install(&self, snapshot: Snapshot) {
+        self.metrics
+            .reload(snapshot.source_kind(), Some(snapshot.version()));
         self.snapshot.store(Some(Arc::new(snapshot)));
+        self.ready.send_replace(true);
+    }
+
+    /// Readiness now and its changes (it turns true once, at the first installed snapshot).
+    pub fn watch_ready(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// Counts a rejected configuration from `source` (`file` or `xds`); the current one stays.
+    pub fn rejected(&self, source: &'static str) {
+        self.metrics.reload(source, None);
     }
 
     /// The current snapshot.
@@ -116,6 +157,8 @@ impl Default for ServerOptions {
 struct Shared {
     state: Arc<EngineState>,
     options: ServerOptions,
+    /// The series of requests no configured route serves.
+    unknown_route: Arc<RouteMetrics>,
 }
 
 /// The ext_proc service.
@@ -136,7 +179,11 @@ impl ExtProc {
     /// A service answering from `state`.
     pub fn new(state: Arc<EngineState>, options: ServerOptions) -> Self {
         ExtProc {
-            shared: Arc::new(Shared { state, options }),
+            shared: Arc::new(Shared {
+                unknown_route: state.metrics().route(UNKNOWN_ROUTE),
+                state,
+                options,
+            }),
         }
     }
 
@@ -163,13 +210,14 @@ impl ExternalProcessor for ExtProc {
     ) -> Result<tonic::Response<Self::ProcessStream>, Status> {
         let inbound = request.into_inner();
         let exchange = Exchange::new(Arc::clone(&self.shared));
+        let open = self.shared.state.metrics().stream_opened();
         // One response per message, in order, on this task: no spawn, no channel.
         let responses =
-            futures_util::stream::unfold(Some((inbound, exchange)), |state| async move {
-                let (mut inbound, mut exchange) = state?;
+            futures_util::stream::unfold(Some((inbound, exchange, open)), |state| async move {
+                let (mut inbound, mut exchange, open) = state?;
                 match inbound.message().await {
                     Ok(Some(msg)) => match exchange.handle(msg).await {
-                        Ok(response) => Some((Ok(response), Some((inbound, exchange)))),
+                        Ok(response) => Some((Ok(response), Some((inbound, exchange, open)))),
                         Err(error) => {
                             tracing::warn!(%error, "ext_proc protocol error: closing the stream");
                             Some((Err(Status::invalid_argument(error.to_string())), None))

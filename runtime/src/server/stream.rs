@@ -3,7 +3,8 @@
 use super::Shared;
 use super::rescue::{Failure, rescue};
 use super::translate::{self, Extra};
-use crate::chain::{Chain, Decision};
+use crate::chain::{Chain, Decision, Trace};
+use crate::metrics::{Outcome, Phase, RouteMetrics};
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as In;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Out;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
@@ -48,22 +49,52 @@ enum Stage {
     Done,
 }
 
+/// The header that carries the explain trace on answers the engine or a policy gives.
+pub(crate) const EXPLAIN_HEADER: &str = "x-policy-explain";
+
 /// The state of one stream.
 pub(crate) struct Exchange {
     shared: Arc<Shared>,
     stage: Stage,
     route: String,
     request_id: String,
+    /// The route's counters (the unknown-route series until a chain is found).
+    metrics: Arc<RouteMetrics>,
+    phase: Phase,
+    /// Present on routes with `explain: true`: the current phase's trace.
+    trace: Option<Trace>,
 }
 
 impl Exchange {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Exchange {
+            metrics: Arc::clone(&shared.unknown_route),
             shared,
             stage: Stage::Start,
             route: String::new(),
             request_id: String::new(),
+            phase: Phase::Request,
+            trace: None,
         }
+    }
+
+    /// Counts how the current phase ended (`status` of the answer, 0 when forwarded); on an
+    /// explained route logs the trace and returns it.
+    fn conclude(&mut self, outcome: Outcome, status: u16) -> Option<String> {
+        self.metrics.record(self.phase, outcome, status);
+        let trace = self.trace.as_mut().map(std::mem::take)?.render();
+        tracing::info!(route = %self.route, request_id = %self.request_id, phase = ?self.phase, outcome = ?outcome, status, trace = %trace, "explain");
+        Some(trace)
+    }
+
+    /// Ends the exchange with `response` to the client, counted as `outcome`.
+    fn end_with(&mut self, outcome: Outcome, response: ImmediateResponse) -> ProcessingResponse {
+        self.stage = Stage::Done;
+        let response = match self.conclude(outcome, response.status()) {
+            Some(trace) => response.with_header(EXPLAIN_HEADER, trace),
+            None => response,
+        };
+        immediate(&response)
     }
 
     /// Answers one message.
@@ -195,6 +226,10 @@ impl Exchange {
         let Some(chain) = snapshot.chain_for(&self.route).cloned() else {
             return self.fail(Failure::UnknownRoute(self.route.clone()));
         };
+        self.metrics = Arc::clone(&chain.metrics);
+        if chain.explain() {
+            self.trace = Some(Trace::default());
+        }
         let request = match request {
             Ok(r) => r,
             Err(e) => return self.fail(Failure::BadRequest(e)),
@@ -222,8 +257,11 @@ impl Exchange {
         at_body: bool,
     ) -> ProcessingResponse {
         let mut ctx = RequestContext::new(request);
-        match chain.run_request(&mut ctx).await {
-            Decision::Respond(r) => return immediate(&r),
+        match chain
+            .run_request_traced(&mut ctx, self.trace.as_mut())
+            .await
+        {
+            Decision::Respond(r) => return self.answer(r),
             Decision::Deny(d) => return self.fail(Failure::Denied(d)),
             Decision::Continue => {}
         }
@@ -233,6 +271,7 @@ impl Exchange {
                 "a policy replaced the request body without declaring requiresRequestBody",
             ));
         }
+        self.conclude(Outcome::Continue, 0);
         let req = ctx.request();
         let mut pseudo = Vec::new();
         if changes.path() {
@@ -276,9 +315,13 @@ impl Exchange {
         response: Response,
         at_body: bool,
     ) -> ProcessingResponse {
+        self.phase = Phase::Response;
         let mut ctx = ResponseContext::new(request, response, metadata);
-        match chain.run_response(&mut ctx).await {
-            Decision::Respond(r) => return immediate(&r),
+        match chain
+            .run_response_traced(&mut ctx, self.trace.as_mut())
+            .await
+        {
+            Decision::Respond(r) => return self.answer(r),
             Decision::Deny(d) => return self.fail(Failure::Denied(d)),
             Decision::Continue => {}
         }
@@ -288,6 +331,7 @@ impl Exchange {
                 "a policy replaced the response body without declaring requiresResponseBody",
             ));
         }
+        self.conclude(Outcome::Continue, 0);
         let resp = ctx.response();
         let pseudo = if changes.status() {
             vec![(":status", resp.status().to_string())]
@@ -308,9 +352,15 @@ impl Exchange {
         }
     }
 
+    /// A policy's own answer to the client.
+    fn answer(&mut self, response: ImmediateResponse) -> ProcessingResponse {
+        self.end_with(Outcome::Immediate, response)
+    }
+
+    /// The engine's answer to a failure.
     fn fail(&mut self, failure: Failure) -> ProcessingResponse {
-        self.stage = Stage::Done;
-        immediate(&rescue(failure, &self.route, &self.request_id))
+        let response = rescue(failure, &self.route, &self.request_id);
+        self.end_with(Outcome::Error, response)
     }
 }
 

@@ -123,6 +123,7 @@ impl Subscription {
                 (Some(ack), Update::Applied { version })
             }
             Err(report) => {
+                self.state.rejected("xds");
                 let nack = self.request(
                     self.applied_version.clone(),
                     response.nonce,
@@ -170,7 +171,9 @@ impl Subscription {
             self.resource, response.version_info
         );
         let document = resource.document().map_err(|e| format!("{source}: {e}"))?;
-        let snapshot = load_value(document, &source, &self.registry).map_err(|e| e.to_string())?;
+        let snapshot = load_value(document, &source, &self.registry)
+            .map_err(|e| e.to_string())?
+            .with_origin("xds", response.version_info.clone());
         self.state.install(snapshot);
         Ok(())
     }

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         policies::body_rewrite::policy_export(),
         policies::fail::policy_export(),
         policies::reroute::policy_export(),
+        policies::slow::policy_export(),
     ] {
         if let Err(error) = registry.register(export) {
             eprintln!("dev-engine: {error}");

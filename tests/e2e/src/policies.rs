@@ -278,3 +278,42 @@ pub mod reroute {
                       parameters: {type: object, additionalProperties: false, properties: {path: {type: string}, method: {type: string}}}\n"
     );
 }
+
+/// `slow`: waits `ms` milliseconds, then lets the request through (graceful shutdown tests).
+pub mod slow {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Params {
+        ms: u64,
+    }
+
+    /// The policy.
+    pub struct Slow(std::time::Duration);
+
+    impl Policy for Slow {
+        type Params = Params;
+        fn new(p: Params) -> Result<Self, PolicyError> {
+            Ok(Slow(std::time::Duration::from_millis(p.ms)))
+        }
+    }
+
+    impl RequestPolicy for Slow {
+        fn on_request<'a>(&'a self, _: &'a mut RequestContext) -> Outcome<'a, RequestAction> {
+            Outcome::pending(async move {
+                tokio::time::sleep(self.0).await;
+                Ok(UpstreamRequestMods::new()
+                    .set_header("x-slow", "done")
+                    .into())
+            })
+        }
+    }
+
+    policy_sdk::export_policy!(
+        Slow,
+        phases = [request],
+        definition = "name: slow\nversion: 1.0.0\ndescription: Waits, then continues.\nphases: [request]\n\
+                      parameters: {type: object, required: [ms], additionalProperties: false, properties: {ms: {type: integer, minimum: 1, maximum: 10000}}}\n"
+    );
+}

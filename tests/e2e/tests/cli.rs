@@ -62,6 +62,8 @@ fn a_unix_listen_path_that_is_not_a_socket_is_never_replaced() {
     let precious = scratch_file("precious.txt", "keep me");
     let listen = format!("unix:{}", precious.display());
     let out = engine(&[
+        "--admin-listen",
+        "off",
         "--listen",
         &listen,
         "--config",
@@ -83,7 +85,13 @@ fn healthcheck_succeeds_only_while_an_engine_listens() {
     use std::io::{BufRead, BufReader};
     let config = scratch_file("health.yaml", "version: v1\nroutes: []\n");
     let mut serving = Command::new(env!("CARGO_BIN_EXE_dev-engine"))
-        .args(["--listen", "127.0.0.1:0", "--config"])
+        .args([
+            "--admin-listen",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&config)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

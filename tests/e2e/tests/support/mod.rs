@@ -89,6 +89,10 @@ pub struct Stack {
     /// Envoy's listener port.
     pub port: u16,
     admin_port: u16,
+    /// The engine's ext_proc address, as it announced it.
+    pub engine_address: String,
+    /// The engine's admin API port (unless started with `--admin-listen off`).
+    pub engine_admin_port: Option<u16>,
     engine_pid: u32,
     // Drop order: Envoy first, then the engine, then the files.
     _envoy: Process,
@@ -119,17 +123,21 @@ impl Stack {
         if let Some(config) = config {
             std::fs::write(scratch.path("routes.yaml"), config).expect("write the config");
         }
-        let (engine, engine_address) = spawn_engine(engine, &scratch, engine_args);
+        let (engine, engine_address, engine_admin_port) =
+            spawn_engine(engine, &scratch, engine_args);
         let engine_pid = engine.0.id();
         let admin_port = free_port();
         let port = free_port();
         let bootstrap = bootstrap(port, admin_port, &engine_address, upstream.port);
+        let engine_address_announced = engine_address.clone();
         std::fs::write(scratch.path("envoy.yaml"), bootstrap).expect("write the bootstrap");
         let envoy = start_envoy(&scratch, admin_port);
         Stack {
             upstream,
             port,
             admin_port,
+            engine_address: engine_address_announced,
+            engine_admin_port,
             engine_pid,
             _envoy: envoy,
             _engine: engine,
@@ -179,11 +187,43 @@ impl Stack {
 
     /// Sends SIGHUP to the engine.
     pub fn hangup_engine(&self) {
+        self.signal_engine("-HUP");
+    }
+
+    /// Sends `signal` (e.g. `-TERM`) to the engine.
+    pub fn signal_engine(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-HUP", &self.engine_pid.to_string()])
+            .args([signal, &self.engine_pid.to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -HUP failed");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Sends `request` to the engine's admin API.
+    pub fn admin(&self, request: Request<'_>) -> Reply {
+        let port = self
+            .engine_admin_port
+            .expect("the engine serves its admin API");
+        request
+            .send(port)
+            .unwrap_or_else(|e| panic!("admin request failed: {e}"))
+    }
+
+    /// Whether the engine process is still running.
+    pub fn engine_running(&mut self) -> bool {
+        matches!(self._engine.0.try_wait(), Ok(None))
+    }
+
+    /// Waits for the engine to exit; its exit code.
+    pub fn wait_engine(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self._engine.0.try_wait() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "the engine did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The value of Envoy counter `name` (e.g. `http.e2e.ext_proc.stream_msgs_sent`).
@@ -211,12 +251,19 @@ pub fn free_port() -> u16 {
 
 /// Starts `engine` (on a free loopback port unless `extra` has `--listen`) and returns it with
 /// the address it announced.
-fn spawn_engine(engine: &Path, scratch: &Scratch, extra: &[&str]) -> (Process, String) {
+fn spawn_engine(
+    engine: &Path,
+    scratch: &Scratch,
+    extra: &[&str],
+) -> (Process, String, Option<u16>) {
     let log = std::fs::File::create(scratch.path("engine.log")).expect("create the engine log");
     let config = scratch.path("routes.yaml");
     let mut command = Command::new(engine);
     if !extra.contains(&"--listen") {
         command.args(["--listen", "127.0.0.1:0"]);
+    }
+    if !extra.contains(&"--admin-listen") {
+        command.args(["--admin-listen", "127.0.0.1:0"]);
     }
     if !extra.contains(&"--xds-server") {
         if !extra.contains(&"--reload-interval-ms") {
@@ -233,10 +280,13 @@ fn spawn_engine(engine: &Path, scratch: &Scratch, extra: &[&str]) -> (Process, S
     let stdout = child.stdout.take().expect("engine stdout");
     let process = Process(child);
     let (tx, rx) = mpsc::channel();
+    let (admin_tx, admin_rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(address) = line.strip_prefix("policy-engine listening on ") {
                 let _ = tx.send(address.to_owned());
+            } else if let Some(address) = line.strip_prefix("policy-engine admin on ") {
+                let _ = admin_tx.send(address.to_owned());
             }
         }
     });
@@ -248,7 +298,11 @@ fn spawn_engine(engine: &Path, scratch: &Scratch, extra: &[&str]) -> (Process, S
                 std::fs::read_to_string(scratch.path("engine.log")).unwrap_or_default()
             )
         });
-    (process, address)
+    let admin_port = admin_rx
+        .try_recv()
+        .ok()
+        .and_then(|a| a.rsplit_once(':')?.1.parse().ok());
+    (process, address, admin_port)
 }
 
 fn start_envoy(scratch: &Scratch, admin_port: u16) -> Process {

@@ -1,0 +1,130 @@
+//! The admin HTTP API, on its own port (loopback by default): probes, Prometheus metrics, the
+//! active configuration (secrets redacted), the compiled-in policies and the build information.
+//! Only GET (and HEAD) are served; other methods get 405 with `Allow`.
+
+use crate::Registry;
+use crate::server::EngineState;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+/// What the admin API reads.
+#[derive(Debug)]
+pub struct Admin {
+    state: Arc<EngineState>,
+    registry: Arc<Registry>,
+    build_info: Value,
+}
+
+impl Admin {
+    /// An admin API over the engine's state, registry and build information.
+    pub fn new(state: Arc<EngineState>, registry: Arc<Registry>, build_info: Value) -> Self {
+        Admin {
+            state,
+            registry,
+            build_info,
+        }
+    }
+
+    /// The routes.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/health/live", get(live))
+            .route("/health/ready", get(ready))
+            .route("/metrics", get(metrics))
+            .route("/config", get(config))
+            .route("/policies", get(policies))
+            .route("/build-info", get(build_info))
+            .fallback(not_found)
+            .with_state(Arc::new(self))
+    }
+}
+
+type Shared = State<Arc<Admin>>;
+
+async fn live() -> Response {
+    json_response(StatusCode::OK, &json!({"status": "live"}))
+}
+
+async fn ready(State(admin): Shared) -> Response {
+    match admin.state.current() {
+        Some(snapshot) => json_response(
+            StatusCode::OK,
+            &json!({"status": "ready", "source": snapshot.source_kind(), "version": snapshot.version()}),
+        ),
+        None => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "not_ready", "reason": "no valid configuration loaded yet"}),
+        ),
+    }
+}
+
+async fn metrics(State(admin): Shared) -> Response {
+    let mut response = admin.state.metrics().render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+async fn config(State(admin): Shared) -> Response {
+    let Some(snapshot) = admin.state.current() else {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "no valid configuration loaded yet"}),
+        );
+    };
+    let loaded_at = snapshot
+        .loaded_at()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "source": snapshot.source_kind(),
+            "sourceName": snapshot.source_name(),
+            "version": snapshot.version(),
+            "loadedAtUnixSeconds": loaded_at,
+            "document": snapshot.document(),
+        }),
+    )
+}
+
+async fn policies(State(admin): Shared) -> Response {
+    json_response(StatusCode::OK, &policy_list(&admin.registry))
+}
+
+async fn build_info(State(admin): Shared) -> Response {
+    json_response(StatusCode::OK, &admin.build_info)
+}
+
+async fn not_found() -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"error": "not found", "endpoints": ["/health/live", "/health/ready", "/metrics", "/config", "/policies", "/build-info"]}),
+    )
+}
+
+/// The compiled-in policies' definitions (what `policy-engine policies` prints).
+pub fn policy_list(registry: &Registry) -> Value {
+    registry
+        .iter()
+        .map(|p| serde_json::to_value(p.definition()).unwrap_or_default())
+        .collect()
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,470 @@
+//! The engine's metrics: lock-free counters and histograms on the request path, rendered in
+//! the Prometheus text format. Every series is bounded: routes come from the configuration
+//! (at most [`MAX_ROUTE_SERIES`] distinct names, the rest counted as `(other)`), policies from
+//! the registry, statuses are HTTP codes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Distinct route names tracked; later ones share the `(other)` series.
+pub const MAX_ROUTE_SERIES: usize = 10_000;
+/// The route label of requests for routes no chain serves (and before any configuration).
+pub const UNKNOWN_ROUTE: &str = "(unknown)";
+const OTHER_ROUTE: &str = "(other)";
+
+/// Histogram bucket upper bounds, in seconds: from 5 µs (a header chain) to 1 s (a JWKS fetch).
+const BOUNDS: [f64; 14] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.05, 0.25, 1.0,
+];
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BOUNDS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(i) = BOUNDS.iter().position(|b| seconds <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
+    }
+
+    /// How many observations.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, bucket) in BOUNDS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        #[allow(clippy::cast_precision_loss)]
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Which half of an exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// The request chain (counted once per request).
+    Request,
+    /// The response chain.
+    Response,
+}
+
+impl Phase {
+    fn label(self) -> &'static str {
+        match self {
+            Phase::Request => "request",
+            Phase::Response => "response",
+        }
+    }
+}
+
+/// How a phase ended for the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Outcome {
+    /// Forwarded (with any changes).
+    Continue,
+    /// A policy answered the client itself (the status is the policy's).
+    Immediate,
+    /// The engine answered with an error (policy failure, not ready, unknown route, limits).
+    Error,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Continue => "continue",
+            Outcome::Immediate => "immediate",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// One route's counters.
+#[derive(Debug, Default)]
+pub struct RouteMetrics {
+    request_continue: AtomicU64,
+    response_continue: AtomicU64,
+    answered: Mutex<BTreeMap<(Phase, Outcome, u16), u64>>,
+    request_duration: Histogram,
+    response_duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts how a phase ended; `status` is the client's status for immediate and error.
+    pub fn record(&self, phase: Phase, outcome: Outcome, status: u16) {
+        match (phase, outcome) {
+            (Phase::Request, Outcome::Continue) => {
+                self.request_continue.fetch_add(1, Relaxed);
+            }
+            (Phase::Response, Outcome::Continue) => {
+                self.response_continue.fetch_add(1, Relaxed);
+            }
+            _ => {
+                *lock(&self.answered)
+                    .entry((phase, outcome, status))
+                    .or_default() += 1
+            }
+        }
+    }
+
+    /// The chain's run time in `phase`.
+    pub fn duration(&self, phase: Phase) -> &Histogram {
+        match phase {
+            Phase::Request => &self.request_duration,
+            Phase::Response => &self.response_duration,
+        }
+    }
+}
+
+/// One policy version's counters (every route together).
+#[derive(Debug, Default)]
+pub struct PolicyMetrics {
+    executions: AtomicU64,
+    failures: AtomicU64,
+    skipped: AtomicU64,
+    duration: Histogram,
+}
+
+impl PolicyMetrics {
+    /// Records one run.
+    pub fn ran(&self, elapsed: Duration, failed: bool) {
+        self.executions.fetch_add(1, Relaxed);
+        if failed {
+            self.failures.fetch_add(1, Relaxed);
+        }
+        self.duration.observe(elapsed);
+    }
+
+    /// Records a run skipped by its condition.
+    pub fn skipped(&self) {
+        self.skipped.fetch_add(1, Relaxed);
+    }
+}
+
+/// Every metric of one engine.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    routes: Mutex<HashMap<String, Arc<RouteMetrics>>>,
+    policies: Mutex<BTreeMap<String, Arc<PolicyMetrics>>>,
+    reloads: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    config: Mutex<Option<ConfigInfo>>,
+    streams: AtomicI64,
+}
+
+#[derive(Debug)]
+struct ConfigInfo {
+    source: &'static str,
+    version: String,
+    loaded_at: SystemTime,
+}
+
+impl Metrics {
+    /// The counters of route `name` (shared across configurations, so they survive reloads).
+    pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
+        let mut routes = lock(&self.routes);
+        if let Some(found) = routes.get(name) {
+            return Arc::clone(found);
+        }
+        let key = if routes.len() < MAX_ROUTE_SERIES || name == UNKNOWN_ROUTE {
+            name
+        } else {
+            OTHER_ROUTE
+        };
+        Arc::clone(routes.entry(key.to_owned()).or_default())
+    }
+
+    /// The counters of policy `key` (`name:version`).
+    pub fn policy(&self, key: &str) -> Arc<PolicyMetrics> {
+        Arc::clone(lock(&self.policies).entry(key.to_owned()).or_default())
+    }
+
+    /// Counts a configuration load from `source` (`file` or `xds`); on success records the
+    /// active version.
+    pub fn reload(&self, source: &'static str, applied: Option<&str>) {
+        let result = if applied.is_some() {
+            "applied"
+        } else {
+            "rejected"
+        };
+        *lock(&self.reloads).entry((source, result)).or_default() += 1;
+        if let Some(version) = applied {
+            *lock(&self.config) = Some(ConfigInfo {
+                source,
+                version: version.to_owned(),
+                loaded_at: SystemTime::now(),
+            });
+        }
+    }
+
+    /// A stream opened; the guard closes it when dropped.
+    pub fn stream_opened(self: &Arc<Self>) -> StreamGuard {
+        self.streams.fetch_add(1, Relaxed);
+        StreamGuard(Arc::clone(self))
+    }
+
+    /// ext_proc streams in flight.
+    pub fn streams_in_flight(&self) -> i64 {
+        self.streams.load(Relaxed)
+    }
+
+    /// Everything in the Prometheus text format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut routes: Vec<(String, Arc<RouteMetrics>)> = lock(&self.routes)
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
+        routes.sort_by(|a, b| a.0.cmp(&b.0));
+
+        header(
+            &mut out,
+            "policy_engine_requests_total",
+            "counter",
+            "Chain phases by route and outcome (phase=\"request\" counts every request once).",
+        );
+        for (route, m) in &routes {
+            let route = escape(route);
+            for (phase, n) in [
+                (Phase::Request, &m.request_continue),
+                (Phase::Response, &m.response_continue),
+            ] {
+                let n = n.load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "policy_engine_requests_total{{route=\"{route}\",phase=\"{}\",outcome=\"continue\",status=\"\"}} {n}",
+                        phase.label()
+                    );
+                }
+            }
+            for ((phase, outcome, status), n) in lock(&m.answered).iter() {
+                let _ = writeln!(
+                    out,
+                    "policy_engine_requests_total{{route=\"{route}\",phase=\"{}\",outcome=\"{}\",status=\"{status}\"}} {n}",
+                    phase.label(),
+                    outcome.label()
+                );
+            }
+        }
+        header(
+            &mut out,
+            "policy_engine_chain_duration_seconds",
+            "histogram",
+            "Time to run a route's chain, by phase.",
+        );
+        for (route, m) in &routes {
+            for phase in [Phase::Request, Phase::Response] {
+                let h = m.duration(phase);
+                if h.count() > 0 {
+                    let labels = format!("route=\"{}\",phase=\"{}\"", escape(route), phase.label());
+                    h.render(&mut out, "policy_engine_chain_duration_seconds", &labels);
+                }
+            }
+        }
+        let policies: Vec<(String, Arc<PolicyMetrics>)> = lock(&self.policies)
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
+        for (name, kind, help, read) in [
+            (
+                "policy_engine_policy_executions_total",
+                "counter",
+                "Policy runs by name:version.",
+                (|p: &PolicyMetrics| p.executions.load(Relaxed)) as fn(&PolicyMetrics) -> u64,
+            ),
+            (
+                "policy_engine_policy_failures_total",
+                "counter",
+                "Policy runs that failed (error or timeout), whatever their onFailure.",
+                |p| p.failures.load(Relaxed),
+            ),
+            (
+                "policy_engine_policy_skipped_total",
+                "counter",
+                "Policy runs skipped because their condition was false or failed.",
+                |p| p.skipped.load(Relaxed),
+            ),
+        ] {
+            header(&mut out, name, kind, help);
+            for (key, p) in &policies {
+                let _ = writeln!(out, "{name}{{policy=\"{}\"}} {}", escape(key), read(p));
+            }
+        }
+        header(
+            &mut out,
+            "policy_engine_policy_duration_seconds",
+            "histogram",
+            "Time one policy took, by name:version.",
+        );
+        for (key, p) in &policies {
+            p.duration.render(
+                &mut out,
+                "policy_engine_policy_duration_seconds",
+                &format!("policy=\"{}\"", escape(key)),
+            );
+        }
+        header(
+            &mut out,
+            "policy_engine_config_reloads_total",
+            "counter",
+            "Configuration loads by source (file, xds) and result (applied, rejected).",
+        );
+        for ((source, result), n) in lock(&self.reloads).iter() {
+            let _ = writeln!(
+                out,
+                "policy_engine_config_reloads_total{{source=\"{source}\",result=\"{result}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "policy_engine_config_info",
+            "gauge",
+            "The active configuration: 1 with its source and version.",
+        );
+        header(
+            &mut out,
+            "policy_engine_config_loaded_timestamp_seconds",
+            "gauge",
+            "When the active configuration was loaded (Unix time).",
+        );
+        if let Some(info) = lock(&self.config).as_ref() {
+            let labels = format!(
+                "source=\"{}\",version=\"{}\"",
+                info.source,
+                escape(&info.version)
+            );
+            let _ = writeln!(out, "policy_engine_config_info{{{labels}}} 1");
+            let at = info
+                .loaded_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            let _ = writeln!(out, "policy_engine_config_loaded_timestamp_seconds {at}");
+        }
+        header(
+            &mut out,
+            "policy_engine_streams_in_flight",
+            "gauge",
+            "ext_proc streams open now.",
+        );
+        let _ = writeln!(
+            out,
+            "policy_engine_streams_in_flight {}",
+            self.streams_in_flight()
+        );
+        out
+    }
+}
+
+/// Marks a stream in flight until dropped.
+#[derive(Debug)]
+pub struct StreamGuard(Arc<Metrics>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Relaxed);
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_histograms_render_as_prometheus_text() {
+        let metrics = Arc::new(Metrics::default());
+        let route = metrics.route("api");
+        route.record(Phase::Request, Outcome::Continue, 0);
+        route.record(Phase::Request, Outcome::Continue, 0);
+        route.record(Phase::Request, Outcome::Immediate, 401);
+        route
+            .duration(Phase::Request)
+            .observe(Duration::from_micros(3));
+        route
+            .duration(Phase::Request)
+            .observe(Duration::from_millis(2));
+        metrics
+            .policy("jwt:1.0.0")
+            .ran(Duration::from_micros(40), true);
+        metrics.reload("file", Some("abc\"1"));
+        metrics.reload("file", None);
+        let open = metrics.stream_opened();
+        let text = metrics.render();
+        for line in [
+            "policy_engine_requests_total{route=\"api\",phase=\"request\",outcome=\"continue\",status=\"\"} 2",
+            "policy_engine_requests_total{route=\"api\",phase=\"request\",outcome=\"immediate\",status=\"401\"} 1",
+            "policy_engine_chain_duration_seconds_bucket{route=\"api\",phase=\"request\",le=\"0.000005\"} 1",
+            "policy_engine_chain_duration_seconds_bucket{route=\"api\",phase=\"request\",le=\"0.001\"} 1",
+            "policy_engine_chain_duration_seconds_bucket{route=\"api\",phase=\"request\",le=\"0.0025\"} 2",
+            "policy_engine_chain_duration_seconds_count{route=\"api\",phase=\"request\"} 2",
+            "policy_engine_policy_executions_total{policy=\"jwt:1.0.0\"} 1",
+            "policy_engine_policy_failures_total{policy=\"jwt:1.0.0\"} 1",
+            "policy_engine_config_reloads_total{source=\"file\",result=\"applied\"} 1",
+            "policy_engine_config_reloads_total{source=\"file\",result=\"rejected\"} 1",
+            "policy_engine_config_info{source=\"file\",version=\"abc\\\"1\"} 1",
+            "policy_engine_streams_in_flight 1",
+            "# TYPE policy_engine_policy_duration_seconds histogram",
+        ] {
+            assert!(text.contains(line), "{line}\nin\n{text}");
+        }
+        drop(open);
+        assert!(
+            metrics
+                .render()
+                .contains("policy_engine_streams_in_flight 0")
+        );
+    }
+
+    #[test]
+    fn route_series_are_bounded() {
+        let metrics = Metrics::default();
+        for i in 0..MAX_ROUTE_SERIES + 5 {
+            metrics
+                .route(&format!("r{i}"))
+                .record(Phase::Request, Outcome::Continue, 0);
+        }
+        assert_eq!(lock(&metrics.routes).len(), MAX_ROUTE_SERIES + 1);
+        assert!(
+            metrics.render().contains(
+                "route=\"(other)\",phase=\"request\",outcome=\"continue\",status=\"\"} 5"
+            )
+        );
+    }
+}
