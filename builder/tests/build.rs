@@ -212,19 +212,5 @@ fn the_sample_manifest_builds_with_every_sample_policy() {
 fn registered(engine: &std::path::Path) -> Vec<String> {
     let policies = Command::new(engine).arg("policies").output().expect("run");
     assert!(policies.status.success(), "{policies:?}");
-    let list: serde_json::Value = serde_json::from_slice(&policies.stdout).expect("JSON");
-    let mut keys: Vec<String> = list
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|p| {
-            format!(
-                "{}:{}",
-                p["name"].as_str().unwrap_or("?"),
-                p["version"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
-    keys.sort();
-    keys
+    e2e::policy_keys(&serde_json::from_slice(&policies.stdout).expect("JSON"))
 }

@@ -67,19 +67,7 @@ fn admin_endpoints_answer_get_only_and_redact_secrets() {
     assert!(!config.to_string().contains(KEY_HASH));
     assert_eq!(config["document"]["routes"][1]["explain"], true);
 
-    let policies = stack.admin(Request::get("/policies")).json();
-    let names: Vec<String> = policies
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|p| {
-            format!(
-                "{}:{}",
-                p["name"].as_str().unwrap_or(""),
-                p["version"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
+    let names = support::policy_keys(&stack.admin(Request::get("/policies")).json());
     assert!(names.contains(&"set-header:1.0.0".to_owned()), "{names:?}");
     let build = stack.admin(Request::get("/build-info"));
     assert_eq!(build.status, 200);

@@ -241,6 +241,24 @@ impl Stack {
     }
 }
 
+/// The sorted `name:version` keys of a policy list (`policy-engine policies`, `GET /policies`).
+pub fn policy_keys(list: &serde_json::Value) -> Vec<String> {
+    let mut keys: Vec<String> = list
+        .as_array()
+        .expect("a list of policies")
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}",
+                p["name"].as_str().unwrap_or("?"),
+                p["version"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
