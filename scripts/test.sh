@@ -24,6 +24,11 @@ ENVOY_BIN="$(scripts/install-envoy.sh)"
 export ENVOY_BIN
 "$ENVOY_BIN" --version
 
+step "hadolint 2.15.1 for the Dockerfile tests"
+HADOLINT_BIN="$(scripts/install-hadolint.sh)"
+export HADOLINT_BIN
+"$HADOLINT_BIN" --version
+
 step "unit, integration and end-to-end tests (nextest when installed)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

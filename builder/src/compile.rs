@@ -16,8 +16,36 @@ pub struct CargoOptions {
     pub target_dir: PathBuf,
     /// Pass `--offline` (for vendored or pre-fetched sources).
     pub offline: bool,
+    /// Build from these vendored sources instead of crates.io (implies `--offline`).
+    pub vendor_dir: Option<PathBuf>,
     /// Let cargo's progress through to stderr.
     pub show_progress: bool,
+}
+
+impl CargoOptions {
+    /// The arguments every cargo call gets: `--offline`, and the source replacement for
+    /// vendored sources.
+    pub fn source_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.offline || self.vendor_dir.is_some() {
+            args.push("--offline".to_owned());
+        }
+        if let Some(dir) = &self.vendor_dir {
+            args.push("--config".to_owned());
+            args.push("source.crates-io.replace-with=\"vendored-sources\"".to_owned());
+            args.push("--config".to_owned());
+            args.push(format!(
+                "source.vendored-sources.directory={}",
+                toml_string(&dir.display().to_string())
+            ));
+        }
+        args
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// Compiles the crate in `dir`; returns the path of the built `policy-engine` binary.
@@ -43,9 +71,7 @@ pub fn compile(
         } else {
             Stdio::piped()
         });
-    if options.offline {
-        command.arg("--offline");
-    }
+    command.args(options.source_args());
     let mut child = command
         .spawn()
         .map_err(|e| fail(Problem::new(format!("cannot run cargo: {e}"))))?;
@@ -136,13 +162,11 @@ fn resolve(
 ) -> Result<BTreeMap<PackageId, String>, Problem> {
     let mut command = MetadataCommand::new();
     command.manifest_path(manifest).cargo_path(cargo());
-    if options.offline {
-        command.other_options(vec!["--offline".to_owned()]);
-    }
+    command.other_options(options.source_args());
     let metadata = command.exec().map_err(|e| {
         Problem::new(format!("cargo cannot resolve the engine's dependencies: {e}"))
             .in_file(manifest)
-            .fix("a policy may need a crate the lock file does not have and cargo cannot fetch; run without --offline or vendor it")
+            .fix("a policy may need a crate the lock file does not have and cargo cannot fetch; run without --offline, or vendor it (`policy-builder vendor --manifest ...`)")
     })?;
     let by_dir: BTreeMap<&Path, String> = policies
         .iter()
@@ -161,7 +185,7 @@ fn resolve(
         .collect())
 }
 
-fn cargo() -> PathBuf {
+pub(crate) fn cargo() -> PathBuf {
     std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from)
 }
 

@@ -10,6 +10,7 @@ mod manifest;
 mod package;
 mod report;
 mod validate;
+mod vendor;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -41,6 +42,9 @@ enum Command {
     Validate,
     /// Load, validate and write the registry crate to --out, ready for `cargo build`.
     Generate,
+    /// Copy every crate the engine, the sample policies and (with --manifest) the manifest's
+    /// policies need into --out, for offline builds with --vendor-dir.
+    Vendor,
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,7 +53,12 @@ struct Common {
     #[arg(long, global = true, env = "POLICY_MANIFEST")]
     manifest: Option<PathBuf>,
     /// The output directory (build: binary, Dockerfile, build-info.json; generate: the crate).
-    #[arg(long, global = true, default_value = "dist")]
+    #[arg(
+        long,
+        global = true,
+        env = "POLICY_BUILDER_OUT",
+        default_value = "dist"
+    )]
     out: PathBuf,
     /// Report format: progress lines for humans, or one JSON document on stdout.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
@@ -63,6 +72,10 @@ struct Common {
     /// Build without network access (vendored or already fetched dependencies).
     #[arg(long, global = true, env = "POLICY_BUILDER_OFFLINE")]
     offline: bool,
+    /// Vendored crates (from `policy-builder vendor`) to build from instead of crates.io;
+    /// implies --offline.
+    #[arg(long, global = true, env = "POLICY_BUILDER_VENDOR_DIR")]
+    vendor_dir: Option<PathBuf>,
     /// The runtime image's base in the generated Dockerfile.
     #[arg(long, global = true, default_value = generate::DEFAULT_BASE_IMAGE)]
     base_image: String,
@@ -144,15 +157,18 @@ fn run(
     common: &Common,
     progress: &Progress,
 ) -> anyhow::Result<serde_json::Value> {
+    let engine_dir = engine_source(common.engine_source.as_deref())?;
+    if let Command::Vendor = command {
+        return vendor::vendor(&engine_dir, common.manifest.as_deref(), &common.out);
+    }
     let Some(manifest_path) = &common.manifest else {
         bail!("no manifest: pass --manifest policy-manifest.yaml (or set POLICY_MANIFEST)");
     };
     let steps = match command {
-        Command::Build => 5,
+        Command::Build | Command::Vendor => 5,
         Command::Validate => 2,
         Command::Generate => 3,
     };
-    let engine_dir = engine_source(common.engine_source.as_deref())?;
     let toolchain = toolchain(&engine_dir)?;
 
     let manifest = manifest::load(manifest_path)?;
@@ -209,6 +225,14 @@ fn run(
     let options = compile::CargoOptions {
         target_dir,
         offline: common.offline,
+        vendor_dir: common
+            .vendor_dir
+            .as_deref()
+            .map(|d| {
+                d.canonicalize()
+                    .with_context(|| format!("--vendor-dir {}: no such directory", d.display()))
+            })
+            .transpose()?,
         show_progress: progress.on,
     };
     let built = compile::compile(&crate_dir, &policies, &options)?;

@@ -1,0 +1,36 @@
+# The policy builder image: the Rust toolchain, the engine's source, every crate vendored, and
+# the engine and sample policies pre-compiled, so a build inside it needs no network and
+# compiles only the registry crate and the user's own policies.
+#   docker build -f Dockerfile.builder -t policy-builder .
+#   docker run --rm -v "$PWD:/workspace" policy-builder --manifest policy-manifest.yaml
+# Every RUN step is scripts/prepare-builder.sh, which the tests run natively.
+
+# Stage 1: vendor (the only step with network), compile the builder and warm the cache.
+FROM rust:1.88-slim-bookworm AS prepare
+WORKDIR /opt/policy-engine
+COPY . .
+RUN scripts/prepare-builder.sh /opt/policy-builder vendor builder warm \
+    && rm -rf /opt/policy-builder/builder-target
+
+# Stage 2: the toolchain, the source, the vendored crates, the warm target directory.
+FROM rust:1.88-slim-bookworm
+LABEL org.opencontainers.image.title="policy-builder" \
+      org.opencontainers.image.description="Builds policy-engine binaries for Envoy ext_proc from a policy manifest, offline" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.vendor="policy-engine"
+COPY --from=prepare /opt/policy-engine /opt/policy-engine
+COPY --from=prepare /opt/policy-builder /opt/policy-builder
+RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin builder \
+    && mkdir -p /workspace/output \
+    && chown -R 10001:10001 /workspace /opt/policy-builder/target
+ENV PATH="/opt/policy-builder/bin:${PATH}" \
+    CARGO_HOME=/opt/policy-builder/cargo-home \
+    CARGO_NET_OFFLINE=true \
+    POLICY_ENGINE_SOURCE=/opt/policy-engine \
+    POLICY_BUILDER_VENDOR_DIR=/opt/policy-builder/vendor \
+    POLICY_BUILDER_TARGET_DIR=/opt/policy-builder/target \
+    POLICY_BUILDER_OUT=/workspace/output
+USER 10001:10001
+WORKDIR /workspace
+ENTRYPOINT ["policy-builder"]
+CMD ["--help"]
