@@ -29,7 +29,8 @@ ENV PATH="/opt/policy-builder/bin:${PATH}" \
     POLICY_ENGINE_SOURCE=/opt/policy-engine \
     POLICY_BUILDER_VENDOR_DIR=/opt/policy-builder/vendor \
     POLICY_BUILDER_TARGET_DIR=/opt/policy-builder/target \
-    POLICY_BUILDER_OUT=/workspace/output
+    POLICY_BUILDER_OUT=/workspace/output \
+    POLICY_BUILDER_PIN_FEATURES=true
 USER 10001:10001
 WORKDIR /workspace
 ENTRYPOINT ["policy-builder"]

@@ -47,7 +47,8 @@ TOML
       CARGO_HOME="$offline_home" CARGO_NET_OFFLINE=true \
         "${POLICY_BUILDER_BIN:-$prefix/bin/policy-builder}" build \
         --manifest "$src/policy-manifest.yaml" --engine-source "$src" \
-        --vendor-dir "$prefix/vendor" --target-dir "$prefix/target" --out "$prefix/warm"
+        --vendor-dir "$prefix/vendor" --target-dir "$prefix/target" --out "$prefix/warm" \
+        --pin-features
       rm -rf "$prefix/warm"
       ;;
     *)

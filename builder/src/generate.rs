@@ -19,6 +19,47 @@ pub const DEFAULT_BASE_IMAGE: &str = "gcr.io/distroless/cc-debian12:nonroot";
 pub struct Sources {
     /// The engine source tree (with `runtime/`, `policy-sdk/`, `Cargo.lock`).
     pub engine_dir: PathBuf,
+    /// Depend on every sample policy crate, registered or not, so cargo resolves the same
+    /// features as the warm cache was built with (see [`feature_pins`]).
+    pub pin_features: bool,
+}
+
+/// The sample policy crates of the engine source not in `policies`, as `(package, dir)`.
+///
+/// Cargo unifies features over the whole graph: a manifest without, say, the JWT sample would
+/// compile shared crates with fewer features than the builder image's warm cache and rebuild
+/// them and everything above. Unused dependencies pin the graph (and are not linked: nothing
+/// references them).
+fn feature_pins(
+    engine_dir: &Path,
+    policies: &[ValidPolicy],
+) -> Result<Vec<(String, PathBuf)>, String> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .manifest_path(engine_dir.join("Cargo.toml"))
+        .no_deps()
+        .exec()
+        .map_err(|e| format!("reading the engine workspace for --pin-features: {e}"))?;
+    let samples = engine_dir.join("sample-policies");
+    let used: Vec<PathBuf> = policies
+        .iter()
+        .filter_map(|p| p.entry.dir.canonicalize().ok())
+        .collect();
+    let mut pins: Vec<(String, PathBuf)> = metadata
+        .packages
+        .iter()
+        .filter_map(|package| {
+            let dir = package
+                .manifest_path
+                .parent()?
+                .as_std_path()
+                .canonicalize()
+                .ok()?;
+            (dir.starts_with(&samples) && !used.contains(&dir))
+                .then(|| (package.name.to_string(), dir))
+        })
+        .collect();
+    pins.sort();
+    Ok(pins)
 }
 
 /// What `build-info.json` holds (embedded in the binary, printed by `policy-engine build-info`).
@@ -132,8 +173,24 @@ pub fn generate(
             uri: p.entry.uri.clone(),
         })
         .collect();
+    let pins: Vec<PolicyView> = if sources.pin_features {
+        feature_pins(&sources.engine_dir, &policies)
+            .map_err(fail)?
+            .into_iter()
+            .map(|(package, dir)| PolicyView {
+                alias: format!("pin_{}", package.replace('-', "_")),
+                package,
+                path: toml_escape(&dir.display().to_string()),
+                key: String::new(),
+                uri: String::new(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut context = context(&info);
     context.insert("policies", &views);
+    context.insert("pins", &pins);
     context.insert(
         "runtime_path",
         &toml_escape(&sources.engine_dir.join("runtime").display().to_string()),

@@ -76,6 +76,10 @@ struct Common {
     /// implies --offline.
     #[arg(long, global = true, env = "POLICY_BUILDER_VENDOR_DIR")]
     vendor_dir: Option<PathBuf>,
+    /// Depend on every sample policy crate (unregistered) so a build reuses a cache warmed with
+    /// the sample manifest instead of re-resolving features (the builder image sets it).
+    #[arg(long, global = true, env = "POLICY_BUILDER_PIN_FEATURES")]
+    pin_features: bool,
     /// The runtime image's base in the generated Dockerfile.
     #[arg(long, global = true, default_value = generate::DEFAULT_BASE_IMAGE)]
     base_image: String,
@@ -200,7 +204,10 @@ fn run(
         return Ok(summary);
     }
 
-    let sources = generate::Sources { engine_dir };
+    let sources = generate::Sources {
+        engine_dir,
+        pin_features: common.pin_features,
+    };
     let crate_dir = match command {
         Command::Generate => common.out.clone(),
         _ => common.out.join("engine-crate"),
