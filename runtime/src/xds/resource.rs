@@ -111,16 +111,17 @@ pub enum ResourceError {
 }
 
 fn struct_to_json(fields: &Struct, path: &str) -> Result<Json, ResourceError> {
-    let mut keys: Vec<&String> = fields.fields.keys().collect();
-    keys.sort_unstable();
-    let mut object = serde_json::Map::with_capacity(keys.len());
-    for key in keys {
+    // Sorted, so the first error reported is the same every time.
+    let mut entries: Vec<(&String, &Value)> = fields.fields.iter().collect();
+    entries.sort_unstable_by_key(|(key, _)| *key);
+    let mut object = serde_json::Map::with_capacity(entries.len());
+    for (key, value) in entries {
         let child = if path.is_empty() {
             key.clone()
         } else {
             format!("{path}.{key}")
         };
-        object.insert(key.clone(), value_to_json(&fields.fields[key], &child)?);
+        object.insert(key.clone(), value_to_json(value, &child)?);
     }
     Ok(Json::Object(object))
 }
