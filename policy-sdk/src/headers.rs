@@ -21,6 +21,8 @@ use std::fmt;
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct HeaderMap {
     entries: Vec<(String, String)>,
+    /// Values that are not UTF-8: outside the string view, kept for [`HeaderMap::get_all_bytes`].
+    opaque: Vec<(String, Vec<u8>)>,
 }
 
 impl HeaderMap {
@@ -48,11 +50,49 @@ impl HeaderMap {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Whether `name` has at least one value.
+    /// Whether `name` has at least one value, counting values that are not UTF-8 (which
+    /// [`HeaderMap::get`] does not return).
     pub fn contains(&self, name: &str) -> bool {
         self.entries
             .iter()
             .any(|(n, _)| n.eq_ignore_ascii_case(name))
+            || self
+                .opaque
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    }
+
+    /// Adds a value given as bytes: as text when it is UTF-8, otherwise outside the string view
+    /// ([`HeaderMap::get`], [`HeaderMap::iter`] and [`HeaderMap::len`] do not see it; the proxy
+    /// forwards it unchanged unless a policy sets or removes `name`).
+    ///
+    /// ```
+    /// use policy_sdk::HeaderMap;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.append_bytes("x-raw", vec![0xff, 0x01]);
+    /// assert_eq!(headers.get("x-raw"), None);
+    /// assert!(headers.contains("x-raw"));
+    /// assert_eq!(headers.get_all_bytes("x-raw").collect::<Vec<_>>(), [&[0xff, 0x01][..]]);
+    /// ```
+    pub fn append_bytes(&mut self, name: impl Into<String>, value: Vec<u8>) {
+        match String::from_utf8(value) {
+            Ok(text) => self.append(name, text),
+            Err(e) => self.opaque.push((lower(name.into()), e.into_bytes())),
+        }
+    }
+
+    /// Every value of `name` as bytes: the UTF-8 ones first, in order, then the others.
+    pub fn get_all_bytes<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + 'n
+    where
+        'a: 'n,
+    {
+        self.get_all(name).map(str::as_bytes).chain(
+            self.opaque
+                .iter()
+                .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_slice()),
+        )
     }
 
     /// Every `(name, value)` pair; names are lower-case.
@@ -82,11 +122,13 @@ impl HeaderMap {
         self.entries.push((lower(name.into()), value.into()));
     }
 
-    /// Removes every value of `name`; returns whether there was any.
+    /// Removes every value of `name` (those that are not UTF-8 too); returns whether there was
+    /// any.
     pub fn remove(&mut self, name: &str) -> bool {
-        let before = self.entries.len();
+        let before = self.entries.len() + self.opaque.len();
         self.entries.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        before != self.entries.len()
+        self.opaque.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        before != self.entries.len() + self.opaque.len()
     }
 }
 

@@ -58,6 +58,12 @@ impl Request {
         self
     }
 
+    /// The same request without its body (builder style).
+    pub fn without_body(mut self) -> Self {
+        self.body = None;
+        self
+    }
+
     /// Sets the `:authority` (host) (builder style).
     pub fn with_authority(mut self, authority: impl Into<String>) -> Self {
         self.authority = authority.into();

@@ -231,6 +231,9 @@ fn validate(config: &PathBuf, registry: &Registry) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let snapshot = load(&text, &config.display().to_string(), registry)?;
+    for warning in snapshot.warnings() {
+        eprintln!("warning: {}: {warning}", config.display());
+    }
     println!(
         "{}: valid ({} routes)",
         config.display(),

@@ -4,6 +4,7 @@ pub mod chain;
 pub mod condition;
 pub mod config;
 pub mod definition;
+pub mod error_id;
 pub mod metrics;
 pub mod registry;
 pub mod snapshot;

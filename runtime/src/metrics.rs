@@ -75,7 +75,8 @@ pub enum Phase {
 }
 
 impl Phase {
-    fn label(self) -> &'static str {
+    /// `request` or `response`.
+    pub fn label(self) -> &'static str {
         match self {
             Phase::Request => "request",
             Phase::Response => "response",
@@ -104,14 +105,141 @@ impl Outcome {
     }
 }
 
+/// Why the engine answered a request itself, or saw a stream end too early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Refusal {
+    /// No configuration loaded yet (503).
+    NotReady,
+    /// No chain for the route (403).
+    UnknownRoute,
+    /// A policy failed with `onFailure: deny` (500).
+    PolicyError,
+    /// A body past the engine's limit (413 request, 502 response).
+    BodyTooLarge,
+    /// Only part of a body reached the engine (413 request, 502 response).
+    PartialBody,
+    /// Envoy's filter does not send a body the chain needs (500).
+    BodyNotSent,
+    /// A request the engine cannot represent (400).
+    BadRequest,
+    /// A chain broke its definitions' promises (500).
+    Internal,
+    /// The stream ended while the chain still needed a message (logged; nothing to answer).
+    StreamIncomplete,
+    /// A policy's condition could not be evaluated and its `onConditionError` is `deny`.
+    ConditionError,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 10] = [
+        Refusal::NotReady,
+        Refusal::UnknownRoute,
+        Refusal::PolicyError,
+        Refusal::BodyTooLarge,
+        Refusal::PartialBody,
+        Refusal::BodyNotSent,
+        Refusal::BadRequest,
+        Refusal::Internal,
+        Refusal::StreamIncomplete,
+        Refusal::ConditionError,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::NotReady => "not_ready",
+            Refusal::UnknownRoute => "unknown_route",
+            Refusal::PolicyError => "policy_error",
+            Refusal::BodyTooLarge => "body_too_large",
+            Refusal::PartialBody => "partial_body",
+            Refusal::BodyNotSent => "body_not_sent",
+            Refusal::BadRequest => "bad_request",
+            Refusal::Internal => "internal",
+            Refusal::StreamIncomplete => "stream_incomplete",
+            Refusal::ConditionError => "condition_error",
+        }
+    }
+}
+
+/// Distinct `(phase, outcome, status)` series per route; further ones share the last slot.
+const ANSWER_SLOTS: usize = 16;
+
+/// Lock-free counters keyed by a small number: a fixed table claimed slot by slot.
+#[derive(Debug, Default)]
+struct Slots {
+    keys: [AtomicU64; ANSWER_SLOTS],
+    counts: [AtomicU64; ANSWER_SLOTS],
+}
+
+impl Slots {
+    /// Adds one to `key` (never 0); past the table's size, to the last slot.
+    fn add(&self, key: u64) {
+        for (k, n) in self.keys.iter().zip(&self.counts) {
+            let current = k.load(Relaxed);
+            if current == key
+                || (current == 0
+                    && (k.compare_exchange(0, key, Relaxed, Relaxed).is_ok()
+                        || k.load(Relaxed) == key))
+            {
+                n.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+        self.counts[ANSWER_SLOTS - 1].fetch_add(1, Relaxed);
+    }
+
+    /// `(key, count)` of the claimed slots, sorted by key.
+    fn read(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = self
+            .keys
+            .iter()
+            .zip(&self.counts)
+            .map(|(k, n)| (k.load(Relaxed), n.load(Relaxed)))
+            .filter(|(k, n)| *k != 0 && *n > 0)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+}
+
 /// One route's counters.
 #[derive(Debug, Default)]
 pub struct RouteMetrics {
     request_continue: AtomicU64,
     response_continue: AtomicU64,
-    answered: Mutex<BTreeMap<(Phase, Outcome, u16), u64>>,
+    answered: Slots,
+    refusals: [AtomicU64; Refusal::ALL.len()],
+    condition_errors: Mutex<BTreeMap<Arc<str>, Arc<AtomicU64>>>,
     request_duration: Histogram,
     response_duration: Histogram,
+}
+
+/// `(phase, outcome, status)` as one slot key (never 0).
+fn answer_key(phase: Phase, outcome: Outcome, status: u16) -> u64 {
+    let phase = match phase {
+        Phase::Request => 1,
+        Phase::Response => 2,
+    };
+    let outcome = match outcome {
+        Outcome::Continue => 0,
+        Outcome::Immediate => 1,
+        Outcome::Error => 2,
+    };
+    (phase << 32) | (outcome << 16) | u64::from(status)
+}
+
+fn answer_parts(key: u64) -> (Phase, Outcome, u16) {
+    let phase = if key >> 32 == 2 {
+        Phase::Response
+    } else {
+        Phase::Request
+    };
+    let outcome = match (key >> 16) & 0xffff {
+        0 => Outcome::Continue,
+        1 => Outcome::Immediate,
+        _ => Outcome::Error,
+    };
+    (phase, outcome, (key & 0xffff) as u16)
 }
 
 impl RouteMetrics {
@@ -124,12 +252,28 @@ impl RouteMetrics {
             (Phase::Response, Outcome::Continue) => {
                 self.response_continue.fetch_add(1, Relaxed);
             }
-            _ => {
-                *lock(&self.answered)
-                    .entry((phase, outcome, status))
-                    .or_default() += 1
-            }
+            _ => self.answered.add(answer_key(phase, outcome, status)),
         }
+    }
+
+    /// Counts a refusal (the answer itself is counted by [`RouteMetrics::record`]).
+    pub fn refused(&self, reason: Refusal) {
+        self.refusals[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// How many times `reason` was counted.
+    pub fn refusals(&self, reason: Refusal) -> u64 {
+        self.refusals[reason as usize].load(Relaxed)
+    }
+
+    /// The counter of condition errors of policy `key` on this route (made when a chain is
+    /// compiled, so the request path takes no lock).
+    pub fn condition_errors(&self, key: &Arc<str>) -> Arc<AtomicU64> {
+        Arc::clone(
+            lock(&self.condition_errors)
+                .entry(Arc::clone(key))
+                .or_default(),
+        )
     }
 
     /// The chain's run time in `phase`.
@@ -146,6 +290,7 @@ impl RouteMetrics {
 pub struct PolicyMetrics {
     executions: AtomicU64,
     failures: AtomicU64,
+    panics: AtomicU64,
     skipped: AtomicU64,
     duration: Histogram,
 }
@@ -158,6 +303,11 @@ impl PolicyMetrics {
             self.failures.fetch_add(1, Relaxed);
         }
         self.duration.observe(elapsed);
+    }
+
+    /// Records a panic (also counted as a failed run by [`PolicyMetrics::ran`]).
+    pub fn panicked(&self) {
+        self.panics.fetch_add(1, Relaxed);
     }
 
     /// Records a run skipped by its condition.
@@ -262,13 +412,54 @@ impl Metrics {
                     );
                 }
             }
-            for ((phase, outcome, status), n) in lock(&m.answered).iter() {
+            for (phase, outcome, status, n) in m.answered.read().into_iter().map(|(key, n)| {
+                let (phase, outcome, status) = answer_parts(key);
+                (phase, outcome, status, n)
+            }) {
                 let _ = writeln!(
                     out,
                     "policy_engine_requests_total{{route=\"{route}\",phase=\"{}\",outcome=\"{}\",status=\"{status}\"}} {n}",
                     phase.label(),
                     outcome.label()
                 );
+            }
+        }
+        header(
+            &mut out,
+            "policy_engine_refusals_total",
+            "counter",
+            "Requests the engine refused (or streams that ended too early), by route and reason.",
+        );
+        for (route, m) in &routes {
+            let route = escape(route);
+            for reason in Refusal::ALL {
+                let n = m.refusals(reason);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "policy_engine_refusals_total{{route=\"{route}\",reason=\"{}\"}} {n}",
+                        reason.label()
+                    );
+                }
+            }
+        }
+        header(
+            &mut out,
+            "policy_engine_condition_errors_total",
+            "counter",
+            "Conditions that could not be evaluated, by route and policy.",
+        );
+        for (route, m) in &routes {
+            let route = escape(route);
+            for (policy, n) in lock(&m.condition_errors).iter() {
+                let n = n.load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "policy_engine_condition_errors_total{{route=\"{route}\",policy=\"{}\"}} {n}",
+                        escape(policy)
+                    );
+                }
             }
         }
         header(
@@ -302,6 +493,12 @@ impl Metrics {
                 "counter",
                 "Policy runs that failed (error or timeout), whatever their onFailure.",
                 |p| p.failures.load(Relaxed),
+            ),
+            (
+                "policy_engine_policy_panics_total",
+                "counter",
+                "Policy runs that panicked (each is also a failure, handled by onFailure).",
+                |p| p.panics.load(Relaxed),
             ),
             (
                 "policy_engine_policy_skipped_total",

@@ -1,6 +1,7 @@
 //! The compiled, immutable route configuration that requests run against.
 
 use crate::chain::Chain;
+use crate::config::Problem;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -16,6 +17,7 @@ pub struct Snapshot {
     pub(crate) version: String,
     pub(crate) document: serde_json::Value,
     pub(crate) loaded_at: SystemTime,
+    pub(crate) warnings: Vec<Problem>,
 }
 
 impl Snapshot {
@@ -64,6 +66,12 @@ impl Snapshot {
     /// schema) replaced by `"[redacted]"`: safe to show on the admin API.
     pub fn document(&self) -> &serde_json::Value {
         &self.document
+    }
+
+    /// What is valid but likely not meant (e.g. a condition that skips a policy whenever a
+    /// header is missing): logged at load, printed by `validate`.
+    pub fn warnings(&self) -> &[Problem] {
+        &self.warnings
     }
 
     /// When it was compiled.

@@ -1,14 +1,16 @@
 //! Running a chain: order, conditions, timeouts, `onFailure`, short-circuit.
 
-use super::{Chain, Step};
+use super::{Chain, Step, unwind};
 use crate::condition::{Condition, EvalError};
-use crate::config::OnFailure;
+use crate::config::{OnConditionError, OnFailure};
+use crate::error_id;
 use crate::metrics::Phase as MetricsPhase;
 use policy_sdk::{
     ImmediateResponse, Outcome, PolicyError, RequestAction, RequestContext, RequestPolicy,
     ResponseAction, ResponseContext, ResponsePolicy,
 };
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 /// How a phase of a chain ended.
@@ -191,21 +193,44 @@ async fn run<P: Phase>(
                     continue;
                 }
                 Err(error) => {
-                    tracing::warn!(route, policy = %step.key, phase = P::NAME, request_id = P::request_id(ctx), %error, "condition could not be evaluated: skipped");
-                    step.metrics.skipped();
-                    note(step, "skipped (condition error)");
-                    continue;
+                    step.condition_errors.fetch_add(1, Relaxed);
+                    match step.on_condition_error {
+                        OnConditionError::Skip => {
+                            tracing::warn!(route, policy = %step.key, phase = P::NAME, request_id = P::request_id(ctx), %error, "condition could not be evaluated: skipped (onConditionError: skip)");
+                            step.metrics.skipped();
+                            note(step, "skipped (condition error)");
+                            continue;
+                        }
+                        OnConditionError::Run => {
+                            tracing::warn!(route, policy = %step.key, phase = P::NAME, request_id = P::request_id(ctx), %error, "condition could not be evaluated: running the policy (onConditionError: run)");
+                        }
+                        OnConditionError::Deny => {
+                            note(step, "condition error (deny)");
+                            not_run(&steps[i + 1..], trace);
+                            return Decision::Deny(Denial {
+                                policy: Arc::clone(&step.key),
+                                error: PolicyError::new(format!(
+                                    "its condition could not be evaluated (onConditionError: deny): {error}"
+                                )),
+                            });
+                        }
+                    }
                 }
             }
         }
         let started = Instant::now();
-        let result = match P::invoke(&step.policy, ctx) {
-            Outcome::Ready(result) => result,
-            Outcome::Pending(future) => match tokio::time::timeout(step.timeout, future).await {
-                Ok(result) => result,
-                Err(_) => Err(PolicyError::timeout(step.timeout)),
-            },
+        let run = match unwind::call(|| P::invoke(&step.policy, ctx)) {
+            Ok(Outcome::Ready(result)) => Ok(result),
+            Ok(Outcome::Pending(future)) => {
+                match tokio::time::timeout(step.timeout, unwind::Guarded(future)).await {
+                    Ok(finished) => finished,
+                    Err(_) => Ok(Err(PolicyError::timeout(step.timeout))),
+                }
+            }
+            Err(panic) => Err(panic),
         };
+        let result =
+            run.unwrap_or_else(|panic| Err(panicked(route, step, P::request_id(ctx), &panic)));
         let settled = result.and_then(|action| P::settle(ctx, action));
         step.metrics.ran(started.elapsed(), settled.is_err());
         let error = match settled {
@@ -244,6 +269,14 @@ async fn run<P: Phase>(
         }
     }
     Decision::Continue
+}
+
+/// Logs and counts a policy's panic; the error it becomes (no panic text: it may hold data).
+fn panicked<P: ?Sized>(route: &str, step: &Step<P>, request_id: &str, panic: &str) -> PolicyError {
+    let id = error_id::next();
+    step.metrics.panicked();
+    tracing::error!(route, policy = %step.key, request_id, error_id = %id, panic, "policy panicked: handled as a failure (onFailure applies)");
+    PolicyError::new(format!("panicked (error id {id})"))
 }
 
 fn not_run<P: ?Sized>(rest: &[Step<P>], trace: Option<&mut Trace>) {

@@ -1,15 +1,17 @@
 //! A route's compiled policy chain and its execution.
 
 mod execute;
+mod unwind;
 
 pub use execute::{Decision, Denial, Trace};
 
 use crate::condition::Condition;
-use crate::config::OnFailure;
+use crate::config::{OnConditionError, OnFailure};
 use crate::metrics::{PolicyMetrics, RouteMetrics};
 use policy_sdk::{RequestPolicy, ResponsePolicy};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 /// What a chain needs Envoy to send, computed once when the configuration is compiled.
@@ -21,6 +23,9 @@ pub struct Needs {
     pub response_headers: bool,
     /// Some policy needs the response body.
     pub response_body: bool,
+    /// A response-phase policy needs the request body (otherwise it is dropped once the request
+    /// phase is done, not kept through the upstream round trip).
+    pub request_body_in_response: bool,
 }
 
 /// One policy of a chain, ready to run.
@@ -29,9 +34,12 @@ pub struct Step<P: ?Sized> {
     pub(crate) position: usize,
     pub(crate) condition: Option<Condition>,
     pub(crate) on_failure: OnFailure,
+    pub(crate) on_condition_error: OnConditionError,
     pub(crate) timeout: Duration,
     pub(crate) policy: Arc<P>,
     pub(crate) metrics: Arc<PolicyMetrics>,
+    /// This route's count of this policy's condition errors.
+    pub(crate) condition_errors: Arc<AtomicU64>,
 }
 
 impl<P: ?Sized> Step<P> {

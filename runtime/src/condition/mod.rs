@@ -74,6 +74,24 @@ impl Condition {
         })
     }
 
+    /// Whether the condition reads a map entry (a header, query parameter or metadata key)
+    /// without any `has()` or `in` test, so that a request without that key makes it fail at
+    /// run time. A heuristic for warnings: it looks at the text, not at the types.
+    pub fn may_fail_on_missing_key(&self) -> bool {
+        let s = &*self.source;
+        let reads_entry = [
+            "headers[",
+            "headers.",
+            "query[",
+            "query.",
+            "metadata[",
+            "metadata.",
+        ]
+        .iter()
+        .any(|p| s.contains(p));
+        reads_entry && !s.contains("has(") && !s.contains(" in ")
+    }
+
     /// The CEL text.
     pub fn source(&self) -> &str {
         &self.source

@@ -4,6 +4,7 @@ use super::Problem;
 use super::raw::{RawConfig, RawPolicy, UnknownRoute};
 use crate::chain::{Chain, Step};
 use crate::condition::Condition;
+use crate::config::OnConditionError;
 use crate::definition::Phase;
 use crate::metrics::UNKNOWN_ROUTE;
 use crate::{Registry, Snapshot};
@@ -26,6 +27,7 @@ pub(super) fn compile(
     source_name: &str,
     registry: &Registry,
 ) -> Result<Snapshot, Vec<Problem>> {
+    let mut warnings = Vec::new();
     let mut problems = Vec::new();
     let mut report = |path: String, context: Option<String>, message: String| {
         problems.push(Problem {
@@ -103,12 +105,25 @@ pub(super) fn compile(
             let Some(built) = build_policy(policy, registry, default_timeout, &mut fail) else {
                 continue;
             };
+            if policy.on_condition_error == OnConditionError::Skip
+                && built
+                    .condition
+                    .as_ref()
+                    .is_some_and(Condition::may_fail_on_missing_key)
+            {
+                warnings.push(Problem {
+                    path: format!("{path}.condition"),
+                    context: Some(context.clone()),
+                    message: "the condition reads a header, query parameter or metadata key without has(): when it is missing the condition fails and the policy is skipped (onConditionError: skip). Guard it, e.g. has(request.headers[\"x-tenant\"]) && ..., or set onConditionError: run or deny".into(),
+                });
+            }
             if !policy.enabled {
                 continue;
             }
             let key: Arc<str> = format!("{}:{}", policy.name, policy.version).into();
             let definition = built.definition;
             let metrics = registry.metrics().policy(&key);
+            let condition_errors = chain.metrics.condition_errors(&key);
             // A body is needed only by a policy that takes part in that direction: an instance
             // that opted out of a phase never makes Envoy buffer it.
             if let Some(hook) = built.instance.request() {
@@ -118,22 +133,27 @@ pub(super) fn compile(
                     position: p,
                     condition: built.condition.clone(),
                     on_failure: policy.on_failure,
+                    on_condition_error: policy.on_condition_error,
                     timeout: built.timeout,
                     policy: Arc::clone(hook),
                     metrics: Arc::clone(&metrics),
+                    condition_errors: Arc::clone(&condition_errors),
                 });
             }
             if let Some(hook) = built.instance.response() {
                 chain.needs.response_headers = true;
                 chain.needs.response_body |= definition.requires_response_body;
+                chain.needs.request_body_in_response |= definition.requires_request_body;
                 response_steps.push(Step {
                     key,
                     position: p,
                     condition: built.condition,
                     on_failure: policy.on_failure,
+                    on_condition_error: policy.on_condition_error,
                     timeout: built.timeout,
                     policy: Arc::clone(hook),
                     metrics,
+                    condition_errors,
                 });
             }
         }
@@ -174,6 +194,7 @@ pub(super) fn compile(
             version: String::new(),
             document: redacted(&raw, registry),
             loaded_at: std::time::SystemTime::now(),
+            warnings,
         })
     } else {
         Err(problems)

@@ -6,7 +6,7 @@ mod problem;
 pub mod raw;
 
 pub use problem::{ConfigError, Problem};
-pub use raw::{OnFailure, UnknownRoute};
+pub use raw::{OnConditionError, OnFailure, UnknownRoute};
 
 use crate::{Registry, Snapshot};
 

@@ -49,6 +49,9 @@ pub struct RawPolicy {
     /// What a policy error does.
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// What a condition that cannot be evaluated (a missing header or metadata key) does.
+    #[serde(default)]
+    pub on_condition_error: OnConditionError,
     /// Parameters, checked against the definition's schema.
     #[serde(default)]
     pub params: Option<Value>,
@@ -72,6 +75,20 @@ pub enum OnFailure {
     Continue,
     /// Log and stop the chain, letting the request through with the changes so far.
     SkipRemaining,
+}
+
+/// What a condition that fails at run time does to its policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnConditionError {
+    /// Skip the policy, as if the condition were false (the specification's default). Guard
+    /// conditions on security policies with `has()`, or use `run` or `deny`.
+    #[default]
+    Skip,
+    /// Run the policy, as if the condition were true.
+    Run,
+    /// Refuse the request as a policy failure with `onFailure: deny` would (500).
+    Deny,
 }
 
 /// Settings for every route.

@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use policy_sdk::Request;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -63,6 +63,9 @@ impl EngineState {
 
     /// Swaps in a new snapshot; streams already running keep the chain they started with.
     pub fn install(&self, snapshot: Snapshot) {
+        for warning in snapshot.warnings() {
+            tracing::warn!(source = snapshot.source_name(), %warning, "configuration warning");
+        }
         self.metrics
             .reload(snapshot.source_kind(), Some(snapshot.version()));
         self.snapshot.store(Some(Arc::new(snapshot)));
@@ -211,25 +214,45 @@ impl ExternalProcessor for ExtProc {
         let inbound = request.into_inner();
         let exchange = Exchange::new(Arc::clone(&self.shared));
         let open = self.shared.state.metrics().stream_opened();
-        // One response per message, in order, on this task: no spawn, no channel.
+        // The answers to each message, in order, on this task: no spawn, no channel.
         let responses =
             futures_util::stream::unfold(Some((inbound, exchange, open)), |state| async move {
                 let (mut inbound, mut exchange, open) = state?;
                 match inbound.message().await {
                     Ok(Some(msg)) => match exchange.handle(msg).await {
-                        Ok(response) => Some((Ok(response), Some((inbound, exchange, open)))),
+                        Ok(answers) => Some((
+                            answers.into_iter().map(Ok).collect::<Vec<_>>(),
+                            Some((inbound, exchange, open)),
+                        )),
                         Err(error) => {
                             tracing::warn!(%error, "ext_proc protocol error: closing the stream");
-                            Some((Err(Status::invalid_argument(error.to_string())), None))
+                            Some((vec![Err(Status::invalid_argument(error.to_string()))], None))
                         }
                     },
-                    Ok(None) => None,
-                    Err(status) => {
-                        tracing::debug!(%status, "ext_proc stream ended by Envoy");
+                    Ok(None) => {
+                        exchange.ended_early(false);
                         None
                     }
+                    Err(status) => {
+                        tracing::debug!(%status, "ext_proc stream broke");
+                        // A message past the decode limit must never end the stream cleanly:
+                        // Envoy would carry on without the chain.
+                        let oversized = status.code() == tonic::Code::OutOfRange;
+                        let settled = exchange.settled();
+                        match exchange.ended_early(oversized) {
+                            Some(answer) => Some((vec![Ok(answer)], None)),
+                            None if oversized && !settled => Some((
+                                vec![Err(Status::resource_exhausted(
+                                    "a message larger than the policy engine accepts",
+                                ))],
+                                None,
+                            )),
+                            None => None,
+                        }
+                    }
                 }
-            });
+            })
+            .flat_map(futures_util::stream::iter);
         Ok(tonic::Response::new(Box::pin(responses)))
     }
 }

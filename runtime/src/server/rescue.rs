@@ -2,10 +2,10 @@
 //! error id in the body is logged with the details.
 
 use crate::chain::Denial;
+use crate::error_id;
+use crate::metrics::{Phase, Refusal};
 use policy_sdk::ImmediateResponse;
 use serde_json::json;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::translate::TranslateError;
 
@@ -18,12 +18,38 @@ pub(crate) enum Failure {
     UnknownRoute(String),
     /// A policy failed with `onFailure: deny`.
     Denied(Denial),
-    /// A body Envoy sent is larger than the engine accepts.
-    BodyTooLarge { size: usize, limit: usize },
+    /// A body Envoy sent is larger than the engine accepts (`size` unknown when the message
+    /// broke the gRPC decode limit).
+    BodyTooLarge {
+        phase: Phase,
+        size: Option<usize>,
+        limit: usize,
+    },
+    /// Envoy sent part of a body and no way to see the rest (BUFFERED_PARTIAL past its buffer,
+    /// trailers before `end_of_stream`).
+    PartialBody { phase: Phase },
+    /// The chain needs a body Envoy's filter is configured not to send.
+    BodyNotSent { phase: Phase },
     /// The request cannot be represented faithfully (e.g. a header that is not UTF-8).
     BadRequest(TranslateError),
     /// A chain did something its definitions do not allow.
     Internal(&'static str),
+}
+
+impl Failure {
+    /// The reason it is counted under.
+    pub(crate) fn refusal(&self) -> Refusal {
+        match self {
+            Failure::NotReady => Refusal::NotReady,
+            Failure::UnknownRoute(_) => Refusal::UnknownRoute,
+            Failure::Denied(_) => Refusal::PolicyError,
+            Failure::BodyTooLarge { .. } => Refusal::BodyTooLarge,
+            Failure::PartialBody { .. } => Refusal::PartialBody,
+            Failure::BodyNotSent { .. } => Refusal::BodyNotSent,
+            Failure::BadRequest(_) => Refusal::BadRequest,
+            Failure::Internal(_) => Refusal::Internal,
+        }
+    }
 }
 
 /// Turns `failure` into the client's response, logging what the client is not told.
@@ -52,7 +78,7 @@ pub(crate) fn rescue(failure: Failure, route: &str, request_id: &str) -> Immedia
             )
         }
         Failure::Denied(denial) => {
-            let id = error_id();
+            let id = error_id::next();
             tracing::error!(route, request_id, error_id = %id, policy = %denial.policy, error = %denial.error, "policy failed: request denied (onFailure: deny)");
             error(
                 500,
@@ -61,19 +87,24 @@ pub(crate) fn rescue(failure: Failure, route: &str, request_id: &str) -> Immedia
                 Some(&id),
             )
         }
-        Failure::BodyTooLarge { size, limit } => {
-            tracing::warn!(
-                route,
-                request_id,
-                size,
-                limit,
-                "body larger than the engine's limit: 413"
-            );
+        Failure::BodyTooLarge { phase, size, limit } => {
+            let id = error_id::next();
+            tracing::warn!(route, request_id, error_id = %id, phase = phase.label(), size, limit, "body larger than the engine's limit: refused");
+            too_large(phase, &id)
+        }
+        Failure::PartialBody { phase } => {
+            let id = error_id::next();
+            tracing::warn!(route, request_id, error_id = %id, phase = phase.label(), "only part of the body reached the engine (Envoy's buffer is smaller than the body, or trailers came first): refused");
+            too_large(phase, &id)
+        }
+        Failure::BodyNotSent { phase } => {
+            let id = error_id::next();
+            tracing::error!(route, request_id, error_id = %id, phase = phase.label(), "the route's chain needs the {} body but Envoy's ext_proc filter does not send it: refused; set {}_body_mode: BUFFERED (docs/envoy.md)", phase.label(), phase.label());
             error(
-                413,
-                "payload_too_large",
-                "the body is larger than this route accepts",
-                None,
+                500,
+                "internal_error",
+                "the request could not be processed",
+                Some(&id),
             )
         }
         Failure::BadRequest(cause) => {
@@ -86,7 +117,7 @@ pub(crate) fn rescue(failure: Failure, route: &str, request_id: &str) -> Immedia
             )
         }
         Failure::Internal(what) => {
-            let id = error_id();
+            let id = error_id::next();
             tracing::error!(route, request_id, error_id = %id, what, "internal error: request denied");
             error(
                 500,
@@ -98,24 +129,30 @@ pub(crate) fn rescue(failure: Failure, route: &str, request_id: &str) -> Immedia
     }
 }
 
+/// 413 for a request body; for a response body 502, never the unjudged response.
+fn too_large(phase: Phase, id: &str) -> ImmediateResponse {
+    match phase {
+        Phase::Request => error(
+            413,
+            "payload_too_large",
+            "the body is larger than this route accepts",
+            Some(id),
+        ),
+        Phase::Response => error(
+            502,
+            "upstream_response_refused",
+            "the upstream response could not be processed",
+            Some(id),
+        ),
+    }
+}
+
 fn error(status: u16, code: &str, message: &str, id: Option<&str>) -> ImmediateResponse {
     let mut body = json!({"error": code, "message": message});
     if let Some(id) = id {
         body["errorId"] = json!(id);
     }
     ImmediateResponse::json(status, &body)
-}
-
-/// A short id, unique within this process's life, that ties a client's error to a log line.
-fn error_id() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    });
-    format!("{start:x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 #[cfg(test)]
@@ -135,10 +172,5 @@ mod tests {
         assert_eq!(body["error"], "policy_error");
         assert!(body["errorId"].as_str().is_some_and(|id| !id.is_empty()));
         assert!(!String::from_utf8_lossy(r.body()).contains("secret"));
-    }
-
-    #[test]
-    fn error_ids_differ() {
-        assert_ne!(error_id(), error_id());
     }
 }

@@ -1,14 +1,19 @@
 //! One ext_proc stream = one HTTP exchange: a small state machine over Envoy's messages.
+//!
+//! Fail closed on every path: a body is judged whole (parts are gathered up to the limit and the
+//! chain runs at `end_of_stream`), a body past the limit is refused, and a message the chain still
+//! needs that never comes is logged and counted ([`Exchange::expecting`]).
 
 use super::Shared;
 use super::rescue::{Failure, rescue};
-use super::translate::{self, Extra};
+use super::translate::{self, BodyMode, Extra};
 use crate::chain::{Chain, Decision, Trace};
-use crate::metrics::{Outcome, Phase, RouteMetrics};
+use crate::metrics::{Outcome, Phase, Refusal, RouteMetrics};
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as In;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Out;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyResponse, HeadersResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
+    BodyResponse, CommonResponse, HeadersResponse, ProcessingRequest, ProcessingResponse,
+    TrailersResponse,
 };
 use policy_sdk::{ImmediateResponse, Metadata, Request, RequestContext, Response, ResponseContext};
 use std::sync::Arc;
@@ -27,11 +32,27 @@ pub(crate) enum ProtocolError {
     },
 }
 
+/// The answers to one message: usually one, none while body parts are gathered, several when the
+/// last part releases the parts held before it.
+pub(crate) type Answers = Vec<ProcessingResponse>;
+
+/// Body parts received so far (`end_of_stream: false`), not yet answered.
+#[derive(Default)]
+struct Gathered {
+    bytes: Vec<u8>,
+    /// Parts Envoy waits on an answer for.
+    held: usize,
+}
+
 enum Stage {
     /// Waiting for the request headers.
     Start,
     /// The chain needs the request body; the headers wait here.
-    RequestBody { chain: Arc<Chain>, request: Request },
+    RequestBody {
+        chain: Arc<Chain>,
+        request: Request,
+        gathered: Gathered,
+    },
     /// The chain has response-phase policies.
     ResponseHeaders {
         chain: Arc<Chain>,
@@ -44,6 +65,7 @@ enum Stage {
         request: Request,
         metadata: Metadata,
         response: Response,
+        gathered: Gathered,
     },
     /// Nothing left to do; later messages are acknowledged unchanged.
     Done,
@@ -63,6 +85,8 @@ pub(crate) struct Exchange {
     phase: Phase,
     /// Present on routes with `explain: true`: the current phase's trace.
     trace: Option<Trace>,
+    /// The body modes of Envoy's filter, when Envoy says (`protocol_config`, first message).
+    modes: Option<(BodyMode, BodyMode)>,
 }
 
 impl Exchange {
@@ -75,7 +99,52 @@ impl Exchange {
             request_id: String::new(),
             phase: Phase::Request,
             trace: None,
+            modes: None,
         }
+    }
+
+    /// What the exchange still waits for (`None` once the chain has nothing left to see).
+    pub(crate) fn expecting(&self) -> Option<&'static str> {
+        match self.stage {
+            Stage::Start | Stage::Done => None,
+            Stage::RequestBody { .. } => Some("the request body"),
+            Stage::ResponseHeaders { .. } => Some("the response headers"),
+            Stage::ResponseBody { .. } => Some("the response body"),
+        }
+    }
+
+    /// Whether the chain has seen all it needs (later messages change nothing).
+    pub(crate) fn settled(&self) -> bool {
+        matches!(self.stage, Stage::Done)
+    }
+
+    /// The stream ended (Envoy closed it, or it broke) before the chain saw all it needs: logs
+    /// and counts it. `oversized`: the stream broke on a message above the decode limit, which
+    /// the engine answers as a body past the limit.
+    pub(crate) fn ended_early(&mut self, oversized: bool) -> Option<ProcessingResponse> {
+        let expected = self.expecting()?;
+        let limit = self.shared.options.max_body_bytes;
+        match (&self.stage, oversized) {
+            (Stage::RequestBody { .. }, true) => {
+                return Some(self.fail(Failure::BodyTooLarge {
+                    phase: Phase::Request,
+                    size: None,
+                    limit,
+                }));
+            }
+            (Stage::ResponseBody { .. }, true) => {
+                return Some(self.fail(Failure::BodyTooLarge {
+                    phase: Phase::Response,
+                    size: None,
+                    limit,
+                }));
+            }
+            _ => {}
+        }
+        self.metrics.refused(Refusal::StreamIncomplete);
+        tracing::warn!(route = %self.route, request_id = %self.request_id, expected, "the ext_proc stream ended before the chain saw everything it needs (client gone, or Envoy configured not to send it: see docs/envoy.md)");
+        self.stage = Stage::Done;
+        None
     }
 
     /// Counts how the current phase ended (`status` of the answer, 0 when forwarded); on an
@@ -101,23 +170,40 @@ impl Exchange {
     pub(crate) async fn handle(
         &mut self,
         mut msg: ProcessingRequest,
-    ) -> Result<ProcessingResponse, ProtocolError> {
+    ) -> Result<Answers, ProtocolError> {
         let input = msg.request.take().ok_or(ProtocolError::Empty)?;
+        if let Some(modes) = translate::body_modes(&msg) {
+            self.modes = Some(modes);
+        }
         let stage = std::mem::replace(&mut self.stage, Stage::Done);
         match (input, stage) {
-            (In::RequestHeaders(h), Stage::Start) => Ok(self
+            (In::RequestHeaders(h), Stage::Start) => one(self
                 .request_headers(&msg, h.headers.as_ref(), h.end_of_stream)
                 .await),
-            (In::RequestBody(b), Stage::RequestBody { chain, request }) => {
-                if b.body.len() > self.shared.options.max_body_bytes {
-                    return Ok(self.fail(Failure::BodyTooLarge {
-                        size: b.body.len(),
-                        limit: self.shared.options.max_body_bytes,
-                    }));
+            (
+                In::RequestBody(b),
+                Stage::RequestBody {
+                    chain,
+                    request,
+                    mut gathered,
+                },
+            ) => {
+                let mode = self.modes.map(|m| m.0);
+                if let Err(failure) = self.gather(&mut gathered, b.body, b.end_of_stream, mode) {
+                    return one(self.fail(failure));
                 }
-                Ok(self
-                    .run_request(chain, request.with_body(b.body), true)
-                    .await)
+                if !self.complete(b.end_of_stream, mode) {
+                    self.stage = Stage::RequestBody {
+                        chain,
+                        request,
+                        gathered,
+                    };
+                    return Ok(Vec::new());
+                }
+                let held = gathered.held;
+                let request = request.with_body(gathered.bytes);
+                let last = self.run_request(chain, request, true).await;
+                Ok(release(held, last, Out::RequestBody))
             }
             (
                 In::ResponseHeaders(h),
@@ -131,7 +217,7 @@ impl Exchange {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::warn!(route = %self.route, request_id = %self.request_id, error = %e, "unusable upstream response");
-                        return Ok(
+                        return one(
                             self.fail(Failure::Internal("the upstream response could not be read"))
                         );
                     }
@@ -142,15 +228,16 @@ impl Exchange {
                         request,
                         metadata,
                         response,
+                        gathered: Gathered::default(),
                     };
-                    return Ok(reply(Out::ResponseHeaders(HeadersResponse::default())));
+                    return one(reply(Out::ResponseHeaders(HeadersResponse::default())));
                 }
                 let response = if chain.needs().response_body {
                     response.with_body(Vec::new())
                 } else {
                     response
                 };
-                Ok(self
+                one(self
                     .run_response(chain, request, metadata, response, false)
                     .await)
             }
@@ -161,46 +248,110 @@ impl Exchange {
                     request,
                     metadata,
                     response,
+                    mut gathered,
                 },
             ) => {
-                if b.body.len() > self.shared.options.max_body_bytes {
-                    return Ok(self.fail(Failure::BodyTooLarge {
-                        size: b.body.len(),
-                        limit: self.shared.options.max_body_bytes,
-                    }));
+                self.phase = Phase::Response;
+                let mode = self.modes.map(|m| m.1);
+                if let Err(failure) = self.gather(&mut gathered, b.body, b.end_of_stream, mode) {
+                    return one(self.fail(failure));
                 }
-                Ok(self
-                    .run_response(chain, request, metadata, response.with_body(b.body), true)
-                    .await)
+                if !self.complete(b.end_of_stream, mode) {
+                    self.stage = Stage::ResponseBody {
+                        chain,
+                        request,
+                        metadata,
+                        response,
+                        gathered,
+                    };
+                    return Ok(Vec::new());
+                }
+                let held = gathered.held;
+                let response = response.with_body(gathered.bytes);
+                let last = self
+                    .run_response(chain, request, metadata, response, true)
+                    .await;
+                Ok(release(held, last, Out::ResponseBody))
             }
             (In::ResponseHeaders(_), Stage::RequestBody { .. }) => {
                 // Envoy ignored the mode override: the request went upstream without its chain.
                 // Fail closed on the way back and say how to fix the proxy.
-                tracing::error!(route = %self.route, request_id = %self.request_id, "Envoy did not send the request body the route's chain needs; set allow_mode_override: true on the ext_proc filter");
-                Ok(self.fail(Failure::Internal("request body never arrived")))
+                tracing::error!(route = %self.route, request_id = %self.request_id, "Envoy did not send the request body the route's chain needs; set request_body_mode: BUFFERED on the ext_proc filter (docs/envoy.md)");
+                one(self.fail(Failure::BodyNotSent {
+                    phase: Phase::Request,
+                }))
             }
             // Phases Envoy sends although this exchange needs nothing from them (its filter
-            // configuration asks for more than the chain does): acknowledge them unchanged.
+            // configuration asks for more than the chain does, and the override that turns them
+            // off was not honoured): acknowledge them unchanged.
             (In::RequestBody(_), stage @ (Stage::ResponseHeaders { .. } | Stage::Done)) => {
                 self.stage = stage;
-                Ok(reply(Out::RequestBody(BodyResponse::default())))
+                one(reply(Out::RequestBody(BodyResponse::default())))
             }
             (In::ResponseHeaders(_), Stage::Done) => {
-                Ok(reply(Out::ResponseHeaders(HeadersResponse::default())))
+                one(reply(Out::ResponseHeaders(HeadersResponse::default())))
             }
             (In::ResponseBody(_), Stage::Done) => {
-                Ok(reply(Out::ResponseBody(BodyResponse::default())))
+                one(reply(Out::ResponseBody(BodyResponse::default())))
             }
-            (In::RequestTrailers(_), stage) if !matches!(stage, Stage::Start) => {
+            (In::RequestTrailers(_), stage @ (Stage::ResponseHeaders { .. } | Stage::Done)) => {
                 self.stage = stage;
-                Ok(reply(Out::RequestTrailers(TrailersResponse::default())))
+                one(reply(Out::RequestTrailers(TrailersResponse::default())))
             }
-            (In::ResponseTrailers(_), stage) if !matches!(stage, Stage::Start) => {
-                self.stage = stage;
-                Ok(reply(Out::ResponseTrailers(TrailersResponse::default())))
+            (In::ResponseTrailers(_), Stage::Done) => {
+                one(reply(Out::ResponseTrailers(TrailersResponse::default())))
+            }
+            // Trailers while a body is awaited: the body ended without `end_of_stream`, and the
+            // chain never saw it whole. Refuse rather than judge a part.
+            (In::RequestTrailers(_), Stage::RequestBody { .. }) => {
+                one(self.fail(Failure::PartialBody {
+                    phase: Phase::Request,
+                }))
+            }
+            (In::ResponseTrailers(_), Stage::ResponseBody { .. }) => {
+                self.phase = Phase::Response;
+                one(self.fail(Failure::PartialBody {
+                    phase: Phase::Response,
+                }))
             }
             (input, _) => Err(ProtocolError::OutOfPhase { got: name(&input) }),
         }
+    }
+
+    /// Adds one body part, refusing past the limit or a part that can never be completed.
+    fn gather(
+        &self,
+        gathered: &mut Gathered,
+        part: Vec<u8>,
+        end_of_stream: bool,
+        mode: Option<BodyMode>,
+    ) -> Result<(), Failure> {
+        let limit = self.shared.options.max_body_bytes;
+        let size = gathered.bytes.len().saturating_add(part.len());
+        if size > limit {
+            return Err(Failure::BodyTooLarge {
+                phase: self.phase,
+                size: Some(size),
+                limit,
+            });
+        }
+        // BUFFERED_PARTIAL sends what fit in Envoy's buffer and lets the rest through unseen.
+        if !end_of_stream && mode == Some(BodyMode::BufferedPartial) {
+            return Err(Failure::PartialBody { phase: self.phase });
+        }
+        if gathered.bytes.is_empty() {
+            gathered.bytes = part;
+        } else {
+            gathered.bytes.extend_from_slice(&part);
+        }
+        gathered.held += 1;
+        Ok(())
+    }
+
+    /// Whether the body is whole: at `end_of_stream`, or in BUFFERED mode (where Envoy sends the
+    /// whole body in one message, without `end_of_stream` when trailers follow).
+    fn complete(&self, end_of_stream: bool, mode: Option<BodyMode>) -> bool {
+        end_of_stream || mode == Some(BodyMode::Buffered)
     }
 
     async fn request_headers(
@@ -210,9 +361,10 @@ impl Exchange {
         end_of_stream: bool,
     ) -> ProcessingResponse {
         let request = translate::request(msg, headers);
-        if let Ok(req) = &request {
-            self.request_id = req.request_id().to_owned();
-        }
+        self.request_id = match &request {
+            Ok(req) => req.request_id().to_owned(),
+            Err(_) => translate::request_id(headers).unwrap_or_default(),
+        };
         self.route = self
             .shared
             .options
@@ -235,8 +387,26 @@ impl Exchange {
             Err(e) => return self.fail(Failure::BadRequest(e)),
         };
         let needs = chain.needs();
+        // Envoy says it will not send a body the chain needs: refuse now rather than let the
+        // request (or its response) through unjudged.
+        if let Some((request_mode, response_mode)) = self.modes {
+            if needs.request_body && !end_of_stream && request_mode == BodyMode::None {
+                return self.fail(Failure::BodyNotSent {
+                    phase: Phase::Request,
+                });
+            }
+            if needs.response_body && response_mode == BodyMode::None {
+                return self.fail(Failure::BodyNotSent {
+                    phase: Phase::Response,
+                });
+            }
+        }
         if needs.request_body && !end_of_stream {
-            self.stage = Stage::RequestBody { chain, request };
+            self.stage = Stage::RequestBody {
+                chain,
+                request,
+                gathered: Gathered::default(),
+            };
             let mut response = reply(Out::RequestHeaders(HeadersResponse::default()));
             response.mode_override = Some(translate::mode(needs));
             return response;
@@ -293,11 +463,17 @@ impl Exchange {
             reply(Out::RequestHeaders(HeadersResponse { response: common }))
         };
         let needs = chain.needs();
-        if !at_body && (needs.response_headers || needs.response_body) {
+        if !at_body {
+            // Turns off what Envoy's filter sends and this chain does not need (the filter is
+            // configured to send what the most demanding chain could need: docs/envoy.md).
             response.mode_override = Some(translate::mode(needs));
         }
         if needs.response_headers {
-            let (request, metadata) = ctx.into_parts();
+            let (mut request, metadata) = ctx.into_parts();
+            if !needs.request_body_in_response {
+                // Nothing in the response phase reads it: free it for the upstream round trip.
+                request = request.without_body();
+            }
             self.stage = Stage::ResponseHeaders {
                 chain,
                 request,
@@ -359,9 +535,39 @@ impl Exchange {
 
     /// The engine's answer to a failure.
     fn fail(&mut self, failure: Failure) -> ProcessingResponse {
+        self.metrics.refused(failure.refusal());
         let response = rescue(failure, &self.route, &self.request_id);
         self.end_with(Outcome::Error, response)
     }
+}
+
+/// The answers that end a body gathered over `held` parts: the parts before the last go on as
+/// they were, or emptied when the chain replaced the body (the last part then carries all of it).
+/// An immediate answer goes alone: none of the held parts is let through.
+fn release(held: usize, last: ProcessingResponse, body: fn(BodyResponse) -> Out) -> Answers {
+    if matches!(&last.response, Some(Out::ImmediateResponse(_))) {
+        return vec![last];
+    }
+    let mut answers = Vec::with_capacity(held.max(1));
+    let replaced = matches!(
+        &last.response,
+        Some(Out::RequestBody(BodyResponse { response: Some(c) }) | Out::ResponseBody(BodyResponse { response: Some(c) }))
+            if c.body_mutation.is_some()
+    );
+    for _ in 1..held {
+        let common = replaced.then(|| CommonResponse {
+            body_mutation: translate::clear_body(),
+            ..CommonResponse::default()
+        });
+        answers.push(reply(body(BodyResponse { response: common })));
+    }
+    answers.push(last);
+    answers
+}
+
+/// The single answer to a message.
+fn one(response: ProcessingResponse) -> Result<Answers, ProtocolError> {
+    Ok(vec![response])
 }
 
 fn reply(response: Out) -> ProcessingResponse {

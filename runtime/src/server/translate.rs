@@ -28,7 +28,7 @@ pub enum TranslateError {
     /// A required pseudo-header is missing.
     #[error("the {0} pseudo-header is missing")]
     MissingPseudoHeader(&'static str),
-    /// A header value is not UTF-8.
+    /// A pseudo-header value is not UTF-8 (regular headers may be anything).
     #[error("the value of header {0:?} is not valid UTF-8")]
     NotUtf8(String),
     /// `:status` is not a number from 100 to 599.
@@ -50,16 +50,20 @@ fn split(block: Option<&PbHeaderMap>) -> Result<Split, TranslateError> {
         headers: HeaderMap::new(),
     };
     for h in block.map(|b| b.headers.as_slice()).unwrap_or_default() {
-        let value = if h.raw_value.is_empty() {
-            h.value.clone()
+        let raw = if h.raw_value.is_empty() {
+            h.value.as_bytes().to_vec()
         } else {
-            String::from_utf8(h.raw_value.clone())
-                .map_err(|_| TranslateError::NotUtf8(h.key.clone()))?
+            h.raw_value.clone()
         };
         match PSEUDO.iter().position(|p| *p == h.key) {
-            Some(i) => out.pseudo[i] = Some(value),
+            Some(i) => {
+                let value =
+                    String::from_utf8(raw).map_err(|_| TranslateError::NotUtf8(h.key.clone()))?;
+                out.pseudo[i] = Some(value);
+            }
             None if h.key.starts_with(':') => {}
-            None => out.headers.append(h.key.clone(), value),
+            // A value that is not UTF-8 stays out of the string view; Envoy keeps it unchanged.
+            None => out.headers.append_bytes(h.key.clone(), raw),
         }
     }
     Ok(out)
@@ -85,6 +89,62 @@ pub(crate) fn request(
         request = request.with_client_address(addr);
     }
     Ok(request)
+}
+
+/// The `x-request-id` of a header block, whatever else is wrong with it (for log lines).
+pub(crate) fn request_id(headers: Option<&PbHeaderMap>) -> Option<String> {
+    let h = headers?.headers.iter().find(|h| h.key == "x-request-id")?;
+    let raw = if h.raw_value.is_empty() {
+        h.value.as_bytes()
+    } else {
+        &h.raw_value
+    };
+    Some(String::from_utf8_lossy(raw).into_owned())
+}
+
+/// How Envoy's filter sends a body, as it says in the stream's first message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyMode {
+    /// Not sent.
+    None,
+    /// In parts as they arrive.
+    Streamed,
+    /// Whole, in one message.
+    Buffered,
+    /// Up to Envoy's buffer limit; the rest passes unseen.
+    BufferedPartial,
+    /// In parts, with the headers answered first (not supported for body chains).
+    FullDuplexStreamed,
+}
+
+impl BodyMode {
+    fn from_wire(mode: i32) -> BodyMode {
+        match BodySendMode::try_from(mode) {
+            Ok(BodySendMode::None) => BodyMode::None,
+            Ok(BodySendMode::Streamed) => BodyMode::Streamed,
+            Ok(BodySendMode::Buffered) => BodyMode::Buffered,
+            Ok(BodySendMode::BufferedPartial) => BodyMode::BufferedPartial,
+            // Anything newer sends parts the engine must gather.
+            Ok(_) | Err(_) => BodyMode::FullDuplexStreamed,
+        }
+    }
+}
+
+/// The request and response body modes of Envoy's filter, from `protocol_config` (present only
+/// in a stream's first message, and only from Envoy versions that send it).
+pub(crate) fn body_modes(msg: &ProcessingRequest) -> Option<(BodyMode, BodyMode)> {
+    let config = msg.protocol_config.as_ref()?;
+    Some((
+        BodyMode::from_wire(config.request_body_mode),
+        BodyMode::from_wire(config.response_body_mode),
+    ))
+}
+
+/// A body mutation that empties the body part it answers.
+pub(crate) fn clear_body() -> Option<BodyMutation> {
+    Some(BodyMutation {
+        mutation: Some(body_mutation::Mutation::ClearBody(true)),
+    })
 }
 
 /// The response of a `response_headers` message.
@@ -316,9 +376,18 @@ mod tests {
             value: String::new(),
             raw_value: vec![0xff],
         });
+        let req = request(&msg, Some(&bad)).expect("a regular header may be any bytes");
+        assert_eq!(req.header("x"), None);
+        assert!(req.headers().contains("x"));
+        let mut bad_path = block(&[(":method", "GET")]);
+        bad_path.headers.push(HeaderValue {
+            key: ":path".into(),
+            value: String::new(),
+            raw_value: vec![b'/', 0xff],
+        });
         assert_eq!(
-            request(&msg, Some(&bad)).err(),
-            Some(TranslateError::NotUtf8("x".into()))
+            request(&msg, Some(&bad_path)).err(),
+            Some(TranslateError::NotUtf8(":path".into()))
         );
         assert_eq!(
             response(Some(&block(&[(":status", "99")]))).err(),
@@ -392,6 +461,7 @@ mod tests {
             request_body: true,
             response_headers: false,
             response_body: false,
+            request_body_in_response: false,
         });
         assert_eq!(m.request_body_mode, BodySendMode::Buffered as i32);
         assert_eq!(m.response_header_mode, HeaderSendMode::Skip as i32);
