@@ -543,6 +543,13 @@ impl Exchange {
 
 /// The answers that end a body gathered over `held` parts: the parts before the last go on as
 /// they were, or emptied when the chain replaced the body (the last part then carries all of it).
+impl Drop for Exchange {
+    /// A stream dropped mid-exchange (Envoy reset it, or tonic stopped polling) is an early end.
+    fn drop(&mut self) {
+        self.ended_early(false);
+    }
+}
+
 /// An immediate answer goes alone: none of the held parts is let through.
 fn release(held: usize, last: ProcessingResponse, body: fn(BodyResponse) -> Out) -> Answers {
     if matches!(&last.response, Some(Out::ImmediateResponse(_))) {

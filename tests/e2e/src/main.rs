@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         policies::fail::policy_export(),
         policies::reroute::policy_export(),
         policies::slow::policy_export(),
+        policies::panic::policy_export(),
     ] {
         if let Err(error) = registry.register(export) {
             eprintln!("dev-engine: {error}");

@@ -317,3 +317,45 @@ pub mod slow {
                       parameters: {type: object, required: [ms], additionalProperties: false, properties: {ms: {type: integer, minimum: 1, maximum: 10000}}}\n"
     );
 }
+
+/// `panic`: panics, at once or (`pending: true`) inside its future.
+pub mod panic {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Params {
+        #[serde(default)]
+        pending: bool,
+    }
+
+    /// The policy.
+    pub struct Panic(bool);
+
+    impl Policy for Panic {
+        type Params = Params;
+        fn new(p: Params) -> Result<Self, PolicyError> {
+            Ok(Panic(p.pending))
+        }
+    }
+
+    impl RequestPolicy for Panic {
+        #[allow(clippy::panic)]
+        fn on_request<'a>(&'a self, _: &'a mut RequestContext) -> Outcome<'a, RequestAction> {
+            if self.0 {
+                return Outcome::pending(async {
+                    tokio::task::yield_now().await;
+                    panic!("the test policy panicked in its future")
+                });
+            }
+            panic!("the test policy panicked")
+        }
+    }
+
+    policy_sdk::export_policy!(
+        Panic,
+        phases = [request],
+        definition = "name: panic\nversion: 1.0.0\ndescription: Panics.\nphases: [request]\n\
+                      parameters: {type: object, additionalProperties: false, properties: {pending: {type: boolean}}}\n"
+    );
+}

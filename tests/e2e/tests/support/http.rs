@@ -12,16 +12,25 @@ pub struct Message {
     pub body: Vec<u8>,
 }
 
+/// One line, each byte as the char of the same number (Latin-1), so header values that are not
+/// UTF-8 survive: `\xff` reads as `ÿ`.
+fn read_line(reader: &mut impl BufRead, line: &mut String) -> std::io::Result<usize> {
+    let mut bytes = Vec::new();
+    let n = reader.read_until(b'\n', &mut bytes)?;
+    line.extend(bytes.iter().map(|&b| char::from(b)));
+    Ok(n)
+}
+
 /// Reads one message; `Ok(None)` when the peer closed the connection before it.
 pub fn read_message(reader: &mut impl BufRead) -> std::io::Result<Option<Message>> {
     let mut start = String::new();
-    if reader.read_line(&mut start)? == 0 {
+    if read_line(reader, &mut start)? == 0 {
         return Ok(None);
     }
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
-        reader.read_line(&mut line)?;
+        read_line(reader, &mut line)?;
         let line = line.trim_end();
         if line.is_empty() {
             break;
@@ -40,7 +49,7 @@ pub fn read_message(reader: &mut impl BufRead) -> std::io::Result<Option<Message
     if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         loop {
             let mut size = String::new();
-            reader.read_line(&mut size)?;
+            read_line(reader, &mut size)?;
             let size = usize::from_str_radix(size.trim(), 16)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
             let mut chunk = vec![0; size + 2];

@@ -83,6 +83,31 @@ impl Drop for Process {
     }
 }
 
+/// The ext_proc filter settings a stack's Envoy runs with. The default is what `docs/envoy.md`
+/// recommends: Envoy sends everything a chain could need, the engine turns off per request what
+/// its route's chain does not.
+#[derive(Clone, Debug)]
+pub struct EnvoyOptions {
+    pub allow_mode_override: bool,
+    pub response_header_mode: &'static str,
+    pub request_body_mode: &'static str,
+    pub response_body_mode: &'static str,
+    /// `per_connection_buffer_limit_bytes` of the listener and the upstream cluster.
+    pub buffer_limit_bytes: Option<u64>,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> Self {
+        EnvoyOptions {
+            allow_mode_override: true,
+            response_header_mode: "SEND",
+            request_body_mode: "BUFFERED",
+            response_body_mode: "BUFFERED",
+            buffer_limit_bytes: None,
+        }
+    }
+}
+
 /// Upstream, engine and Envoy, ready for requests.
 pub struct Stack {
     pub upstream: Upstream,
@@ -118,6 +143,24 @@ impl Stack {
 
     /// Starts everything with the engine binary `engine` (e.g. one the builder built).
     pub fn start_engine(engine: &Path, config: Option<&str>, engine_args: &[&str]) -> Stack {
+        Stack::start_custom(engine, config, engine_args, &EnvoyOptions::default())
+    }
+
+    /// [`Stack::start_with`] with Envoy's ext_proc filter set up as `envoy` says.
+    pub fn start_with_envoy(config: &str, engine_args: &[&str], envoy: &EnvoyOptions) -> Stack {
+        let Some(engine) = option_env!("CARGO_BIN_EXE_dev-engine") else {
+            panic!("the default engine is dev-engine; elsewhere use Stack::start_custom")
+        };
+        Stack::start_custom(Path::new(engine), Some(config), engine_args, envoy)
+    }
+
+    /// Starts everything: `engine` with `config` and `engine_args`, Envoy as `envoy` says.
+    pub fn start_custom(
+        engine: &Path,
+        config: Option<&str>,
+        engine_args: &[&str],
+        envoy: &EnvoyOptions,
+    ) -> Stack {
         let scratch = Scratch::new();
         let upstream = Upstream::start();
         if let Some(config) = config {
@@ -128,7 +171,7 @@ impl Stack {
         let engine_pid = engine.0.id();
         let admin_port = free_port();
         let port = free_port();
-        let bootstrap = bootstrap(port, admin_port, &engine_address, upstream.port);
+        let bootstrap = bootstrap(port, admin_port, &engine_address, upstream.port, envoy);
         let engine_address_announced = engine_address.clone();
         std::fs::write(scratch.path("envoy.yaml"), bootstrap).expect("write the bootstrap");
         let envoy = start_envoy(&scratch, admin_port);
@@ -358,7 +401,23 @@ fn start_envoy(scratch: &Scratch, admin_port: u16) -> Process {
 }
 
 /// The Envoy configuration under test; `docs/envoy.md` explains each ext_proc setting.
-fn bootstrap(port: u16, admin_port: u16, engine_address: &str, upstream_port: u16) -> String {
+fn bootstrap(
+    port: u16,
+    admin_port: u16,
+    engine_address: &str,
+    upstream_port: u16,
+    envoy: &EnvoyOptions,
+) -> String {
+    let EnvoyOptions {
+        allow_mode_override,
+        response_header_mode,
+        request_body_mode,
+        response_body_mode,
+        buffer_limit_bytes,
+    } = envoy;
+    let buffer_limit = buffer_limit_bytes
+        .map(|n| format!("\n    per_connection_buffer_limit_bytes: {n}"))
+        .unwrap_or_default();
     let engine_address = match engine_address.strip_prefix("unix:") {
         Some(path) => format!("{{pipe: {{path: \"{path}\"}}}}"),
         None => {
@@ -384,7 +443,7 @@ fn bootstrap(port: u16, admin_port: u16, engine_address: &str, upstream_port: u1
 static_resources:
   listeners:
   - name: ingress
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}{buffer_limit}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
@@ -404,15 +463,15 @@ static_resources:
                 envoy_grpc: {{cluster_name: policy_engine}}
                 timeout: 5s
               failure_mode_allow: false
-              allow_mode_override: true
+              allow_mode_override: {allow_mode_override}
               message_timeout: 2s
               request_attributes: [xds.route_name, source.address]
               mutation_rules: {{allow_all_routing: true}}
               processing_mode:
                 request_header_mode: SEND
-                response_header_mode: SKIP
-                request_body_mode: NONE
-                response_body_mode: NONE
+                response_header_mode: {response_header_mode}
+                request_body_mode: {request_body_mode}
+                response_body_mode: {response_body_mode}
                 request_trailer_mode: SKIP
                 response_trailer_mode: SKIP
           - name: envoy.filters.http.router
@@ -421,7 +480,7 @@ static_resources:
   clusters:
   - name: upstream
     type: STATIC
-    connect_timeout: 1s
+    connect_timeout: 1s{buffer_limit}
     load_assignment:
       cluster_name: upstream
       endpoints:

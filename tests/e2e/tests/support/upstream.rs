@@ -39,7 +39,7 @@ impl Upstream {
     /// Starts the echo server on a free loopback port.
     ///
     /// Answers `200` with `{"method", "path", "headers", "body"}`; a request header
-    /// `x-echo-status: N` makes it answer `N`.
+    /// `x-echo-status: N` makes it answer `N`, `x-echo-size: N` answer N bytes of `a` instead.
     pub fn start() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the echo upstream");
         let port = listener.local_addr().expect("upstream address").port();
@@ -99,13 +99,16 @@ fn serve(mut stream: TcpStream, log: &Mutex<Vec<Received>>) {
         for (name, _) in &request.headers {
             headers.insert(name.clone(), json!(request.header(name)));
         }
-        let echo = json!({
-            "method": request.method,
-            "path": request.path,
-            "headers": Value::Object(headers),
-            "body": String::from_utf8_lossy(&request.body),
-        })
-        .to_string();
+        let echo = match request.header("x-echo-size").and_then(|n| n.parse().ok()) {
+            Some(size) => "a".repeat(size),
+            None => json!({
+                "method": request.method,
+                "path": request.path,
+                "headers": Value::Object(headers),
+                "body": String::from_utf8_lossy(&request.body),
+            })
+            .to_string(),
+        };
         log.lock().expect("upstream log").push(request);
         let response = format!(
             "HTTP/1.1 {status} Echo\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-upstream: echo\r\n\r\n{echo}",
