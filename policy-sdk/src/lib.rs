@@ -51,6 +51,21 @@
 //! let denied = policy_sdk::testkit::run_request(&policy, &mut ctx);
 //! assert_eq!(policy_sdk::testkit::expect_respond(denied).status(), 400);
 //! ```
+//!
+//! # Rules the engine relies on
+//!
+//! - **Pending outcomes may be dropped at any await point**: the route's policy timeout, the
+//!   client going away, or a reload cut them short. Never leave shared state waiting on work a
+//!   future owns: work that others wait for (a key fetch, a refill) runs on its own task or
+//!   thread and completes and wakes its waiters by itself, so a dropped future costs nothing
+//!   (the `jwt-validation` sample's JWKS cache is the reference). Keep I/O timeouts below the
+//!   policy timeout (default 1000 ms) so a slow backend fails as the policy's own error.
+//! - **A panic is a failure, not a crash**: the engine catches it, logs it with an error id,
+//!   counts it (`policy_engine_policy_panics_total`) and applies the entry's `onFailure`. State
+//!   the panic left half-updated stays as it is, so return [`PolicyError`] instead of panicking.
+//! - **Header values that are not UTF-8** are absent from the string view ([`HeaderMap::get`])
+//!   and still counted by [`HeaderMap::contains`]; [`HeaderMap::get_all_bytes`] reads them. The
+//!   proxy forwards them unchanged unless a policy sets or removes that header.
 #![deny(missing_docs)]
 
 mod action;

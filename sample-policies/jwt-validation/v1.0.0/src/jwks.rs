@@ -165,13 +165,17 @@ impl Jwks {
     }
 
     /// The key for `kid`, fetching (or waiting for a fetch in flight) when needed.
-    pub async fn key(&self, kid: Option<&str>) -> Lookup {
+    ///
+    /// Cancellation-safe: a fetch is owned by its own thread, which stores the result and wakes
+    /// every waiter, so a lookup dropped mid-way (client gone, policy timeout) never leaves the
+    /// cache waiting; the fetch still completes and serves the next lookup.
+    pub async fn key(self: &Arc<Self>, kid: Option<&str>) -> Lookup {
         // At most: one lookup, one wait for a fetch in flight or one fetch, one lookup.
         for round in 0..2 {
             enum Next {
                 Done(Lookup),
                 Wait(oneshot::Receiver<()>),
-                Fetch,
+                Fetch(oneshot::Receiver<()>),
             }
             let next = {
                 let mut state = self.lock();
@@ -202,8 +206,9 @@ impl Jwks {
                             });
                         if may_fetch {
                             state.last_attempt = Some(now);
-                            state.waiters = Some(Vec::new());
-                            Next::Fetch
+                            let (tx, rx) = oneshot::channel();
+                            state.waiters = Some(vec![tx]);
+                            Next::Fetch(rx)
                         } else if let Some(key) = found {
                             Next::Done(Lookup::Key(key))
                         } else if usable {
@@ -223,17 +228,13 @@ impl Jwks {
                 Next::Wait(rx) => {
                     let _ = rx.await;
                 }
-                Next::Fetch => {
-                    let (tx, rx) = oneshot::channel();
-                    let url = self.url().to_owned();
-                    let timeout = self.settings.timeout;
+                Next::Fetch(rx) => {
+                    let jwks = Arc::clone(self);
                     std::thread::spawn(move || {
-                        let _ = tx.send(fetch_blocking(&url, timeout));
+                        let result = fetch_blocking(jwks.url(), jwks.settings.timeout);
+                        jwks.finish_fetch(result);
                     });
-                    let result = rx
-                        .await
-                        .unwrap_or_else(|_| Err("the JWKS fetch stopped".into()));
-                    self.finish_fetch(result);
+                    let _ = rx.await;
                 }
             }
         }

@@ -112,8 +112,9 @@ fn default_min_refresh() -> u64 {
 fn default_grace() -> u64 {
     3600
 }
+/// Below the engine's default policy timeout (1000 ms), so a slow endpoint fails as a fetch.
 fn default_timeout() -> u64 {
-    2000
+    800
 }
 
 /// Why a token was not accepted.

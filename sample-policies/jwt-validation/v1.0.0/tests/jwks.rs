@@ -105,3 +105,48 @@ fn the_endpoint_never_reachable_fails_closed() {
     let error = run(&p, &token("rsa", "k1", &claims(json!({})))).expect_err("no keys");
     assert!(error.to_string().contains("no signing keys"), "{error}");
 }
+
+#[test]
+fn a_cancelled_lookup_never_leaves_the_next_one_waiting() {
+    use jwt_validation::jwks::{CacheSettings, Jwks, Lookup};
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    let server = JwksServer::start(json!({"keys": [jwk("rsa", "k1")]}));
+    let jwks = Jwks::remote(
+        server.url.clone(),
+        CacheSettings {
+            ttl: Duration::from_secs(300),
+            min_refresh_interval: Duration::ZERO,
+            stale_grace: Duration::from_secs(3600),
+            timeout: Duration::from_secs(5),
+        },
+    );
+    assert!(matches!(
+        testkit::block_on(jwks.key(Some("k1"))),
+        Lookup::Key(_)
+    ));
+
+    // The issuer adds k2; the lookup that starts the refresh is dropped mid-fetch (the client
+    // went away, or the policy timed out).
+    *server.set.lock().expect("set") = json!({"keys": [jwk("rsa", "k1"), jwk("ec", "k2")]});
+    server.delay_ms.store(300, Ordering::SeqCst);
+    {
+        let mut lookup = Box::pin(jwks.key(Some("k2")));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(lookup.as_mut().poll(&mut cx).is_pending(), "fetching");
+    }
+
+    // The next lookup gets the new key once the fetch ends, instead of waiting forever.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let next = std::sync::Arc::clone(&jwks);
+    std::thread::spawn(move || {
+        let found = matches!(testkit::block_on(next.key(Some("k2"))), Lookup::Key(_));
+        let _ = tx.send(found);
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)),
+        Ok(true),
+        "the lookup after a cancelled one completes with the fetched key"
+    );
+}

@@ -6,7 +6,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -103,6 +103,8 @@ pub struct JwksServer {
     pub fetches: Arc<AtomicUsize>,
     pub down: Arc<AtomicBool>,
     pub set: Arc<Mutex<Value>>,
+    /// Milliseconds to wait before answering.
+    pub delay_ms: Arc<AtomicU64>,
 }
 
 impl JwksServer {
@@ -115,7 +117,9 @@ impl JwksServer {
         let fetches = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(AtomicBool::new(false));
         let set = Arc::new(Mutex::new(set));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let (f, d, s) = (Arc::clone(&fetches), Arc::clone(&down), Arc::clone(&set));
+        let slow = Arc::clone(&delay_ms);
         std::thread::spawn(move || {
             for mut stream in listener.incoming().flatten() {
                 let mut reader = BufReader::new(stream.try_clone().expect("clone"));
@@ -124,6 +128,9 @@ impl JwksServer {
                     line.clear();
                 }
                 f.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(
+                    slow.load(Ordering::SeqCst),
+                ));
                 let response = if d.load(Ordering::SeqCst) {
                     "HTTP/1.1 503 Down\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
                 } else {
@@ -141,6 +148,7 @@ impl JwksServer {
             fetches,
             down,
             set,
+            delay_ms,
         }
     }
 
