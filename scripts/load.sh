@@ -2,7 +2,9 @@
 # Load through a real Envoy in front of an nginx upstream that answers 200: requests/s, p50/p99
 # latency and CPU per request (user + system, from /proc) for Envoy alone, Envoy + a do-nothing
 # ext_proc server (the baseline), Envoy + the engine with an empty chain, and with a 3-policy
-# header chain; each under load (CONNECTIONS) and under light load (1 connection).
+# header chain, in the minimal processing mode and in the recommended fail-safe one (Envoy sends
+# everything, the engine turns off what the chain does not need); each under load (CONNECTIONS)
+# and under light load (1 connection).
 # Not a test: it prints a Markdown table for docs/benchmarks.md.
 #
 # Usage: scripts/load.sh [DURATION_SECONDS] [CONNECTIONS]
@@ -81,6 +83,13 @@ routes:
       - name: set-header
         version: 1.0.0
         params: {request: {set: {x-team: platform}, remove: [x-debug]}}
+  - route: chain3_failsafe
+    policies:
+      - {name: require-header, version: 1.0.0, params: {header: x-api-user}}
+      - {name: quota, version: 1.0.0, params: {limit: 1000000000000}}
+      - name: set-header
+        version: 1.0.0
+        params: {request: {set: {x-team: platform}, remove: [x-debug]}}
   - route: empty
     policies: []
 EOF
@@ -95,7 +104,9 @@ pids+=("$noop_pid")
 noop_port="$(announced_port "$work/noop.out")"
 [ -n "$noop_port" ] || { cat "$work/noop.out" >&2; exit 1; }
 
-ext_proc() { # CLUSTER
+minimal_mode="{request_header_mode: SEND, response_header_mode: SKIP, request_body_mode: NONE, response_body_mode: NONE, request_trailer_mode: SKIP, response_trailer_mode: SKIP}"
+failsafe_mode="{request_header_mode: SEND, response_header_mode: SEND, request_body_mode: BUFFERED, response_body_mode: BUFFERED, request_trailer_mode: SKIP, response_trailer_mode: SKIP}"
+ext_proc() { # CLUSTER [MODE]
   cat <<EOF
           - name: envoy.filters.http.ext_proc
             typed_config:
@@ -105,10 +116,10 @@ ext_proc() { # CLUSTER
               allow_mode_override: true
               message_timeout: 2s
               request_attributes: [xds.route_name]
-              processing_mode: {request_header_mode: SEND, response_header_mode: SKIP, request_body_mode: NONE, response_body_mode: NONE, request_trailer_mode: SKIP, response_trailer_mode: SKIP}
+              processing_mode: ${2:-$minimal_mode}
 EOF
 }
-listener() { # NAME PORT [EXT_PROC_CLUSTER]; the route is named like the listener
+listener() { # NAME PORT [EXT_PROC_CLUSTER [MODE]]; the route is named like the listener
   cat <<EOF
   - name: $1
     address: {socket_address: {address: 127.0.0.1, port_value: $2}}
@@ -126,7 +137,7 @@ listener() { # NAME PORT [EXT_PROC_CLUSTER]; the route is named like the listene
               - {name: $1, match: {prefix: "/"}, route: {cluster: upstream}}
           http_filters:
 EOF
-  if [ -n "${3:-}" ]; then ext_proc "$3"; fi
+  if [ -n "${3:-}" ]; then ext_proc "$3" "${4:-}"; fi
   cat <<EOF
           - name: envoy.filters.http.router
             typed_config:
@@ -155,7 +166,7 @@ EOF
 }
 admin_port="$(free_port)"
 declare -A port
-for name in plain noop empty chain3; do port[$name]="$(free_port)"; done
+for name in plain noop empty chain3 chain3_failsafe; do port[$name]="$(free_port)"; done
 {
   echo "admin: {address: {socket_address: {address: 127.0.0.1, port_value: $admin_port}}}"
   echo "static_resources:"
@@ -164,6 +175,7 @@ for name in plain noop empty chain3; do port[$name]="$(free_port)"; done
   listener noop "${port[noop]}" noop
   listener empty "${port[empty]}" policy_engine
   listener chain3 "${port[chain3]}" policy_engine
+  listener chain3_failsafe "${port[chain3_failsafe]}" policy_engine "$failsafe_mode"
   echo "  clusters:"
   cluster upstream "$upstream_port"
   cluster noop "$noop_port" h2
@@ -209,4 +221,5 @@ for c in "$connections" 1; do
   run "Envoy + do-nothing ext_proc server" noop "$noop_pid" "$c"
   run "Envoy + engine, empty chain" empty "$engine_pid" "$c"
   run "Envoy + engine, 3-policy header chain" chain3 "$engine_pid" "$c"
+  run "Envoy + engine, 3-policy header chain, fail-safe mode" chain3_failsafe "$engine_pid" "$c"
 done

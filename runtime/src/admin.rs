@@ -43,6 +43,17 @@ impl Admin {
             .fallback(not_found)
             .with_state(Arc::new(self))
     }
+
+    /// The routes safe to show a metrics scraper: `/metrics` and the health checks, never the
+    /// configuration (`--metrics-listen`).
+    pub fn metrics_router(self) -> Router {
+        Router::new()
+            .route("/health/live", get(live))
+            .route("/health/ready", get(ready))
+            .route("/metrics", get(metrics))
+            .fallback(not_found)
+            .with_state(Arc::new(self))
+    }
 }
 
 type Shared = State<Arc<Admin>>;

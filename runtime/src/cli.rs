@@ -108,6 +108,10 @@ struct ServeArgs {
     /// The largest request or response body a chain accepts, in bytes (413 past it).
     #[arg(long, default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
+    /// The most body bytes all streams together may hold while their chains wait for a whole
+    /// body (503 past it), so many large concurrent bodies cannot exhaust memory.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    max_buffered_body_bytes: usize,
     /// Most concurrent ext_proc streams per connection from Envoy.
     #[arg(long, default_value_t = 10_000)]
     max_concurrent_streams: u32,
@@ -122,6 +126,10 @@ struct ServeArgs {
         default_value = "127.0.0.1:9002"
     )]
     admin_listen: String,
+    /// A listener with only `/metrics` and the health checks (for a scraper that must not see
+    /// `/config`): HOST:PORT, or `off` (the default).
+    #[arg(long, env = "POLICY_ENGINE_METRICS_LISTEN", default_value = "off")]
+    metrics_listen: String,
     /// On SIGTERM, how long streams in flight may take to finish, in milliseconds.
     #[arg(
         long,
@@ -242,6 +250,31 @@ fn validate(config: &PathBuf, registry: &Registry) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves `router` on `address` (`off`: not at all), announcing the bound address on stdout as
+/// `policy-engine NAME on HOST:PORT`.
+async fn serve_http(
+    name: &'static str,
+    address: &str,
+    router: axum::Router,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if address == "off" {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("--{name}-listen {address}: binding"))?;
+    let bound = listener
+        .local_addr()
+        .with_context(|| format!("reading the {name} address"))?;
+    tracing::info!(address = %bound, "serving the {name} API");
+    println!("policy-engine {name} on {bound}");
+    Ok(Some(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "the {name} API stopped");
+        }
+    })))
+}
+
 fn serve(
     args: ServeArgs,
     registry: Registry,
@@ -287,34 +320,27 @@ async fn serve_async(
     let state = EngineState::with_metrics(Arc::clone(registry.metrics()));
     let watcher =
         tokio::spawn(config_source(&args, Arc::clone(&registry), Arc::clone(&state)).await?);
-    let admin = match args.admin_listen.as_str() {
-        "off" => None,
-        address => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("--admin-listen {address}: binding"))?;
-            let bound = listener.local_addr().context("reading the admin address")?;
-            let router = Admin::new(
-                Arc::clone(&state),
-                Arc::clone(&registry),
-                build_info.clone(),
-            )
-            .router();
-            tracing::info!(address = %bound, "serving the admin API");
-            println!("policy-engine admin on {bound}");
-            Some(tokio::spawn(async move {
-                if let Err(error) = axum::serve(listener, router).await {
-                    tracing::error!(%error, "the admin API stopped");
-                }
-            }))
-        }
+    let admin_api = || {
+        Admin::new(
+            Arc::clone(&state),
+            Arc::clone(&registry),
+            build_info.clone(),
+        )
     };
+    let admin = serve_http("admin", &args.admin_listen, admin_api().router()).await?;
+    let metrics_only = serve_http(
+        "metrics",
+        &args.metrics_listen,
+        admin_api().metrics_router(),
+    )
+    .await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(report_health(health.clone(), state.watch_ready()));
     let options = ServerOptions {
         route_key: args.route_key.clone(),
         max_body_bytes: args.max_body_bytes,
+        max_buffered_body_bytes: args.max_buffered_body_bytes,
     };
     let service = ExtProc::new(Arc::clone(&state), options).into_service();
     let server = tonic::transport::Server::builder()
@@ -366,8 +392,8 @@ async fn serve_async(
     };
     watcher.abort();
     health_task.abort();
-    if let Some(admin) = admin {
-        admin.abort();
+    for task in [admin, metrics_only].into_iter().flatten() {
+        task.abort();
     }
     tracing::info!("stopped");
     result.context("serving ext_proc")

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -128,10 +128,12 @@ pub enum Refusal {
     StreamIncomplete,
     /// A policy's condition could not be evaluated and its `onConditionError` is `deny`.
     ConditionError,
+    /// The engine-wide budget of buffered body bytes was spent (503).
+    BodyBudget,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 10] = [
+    const ALL: [Refusal; 11] = [
         Refusal::NotReady,
         Refusal::UnknownRoute,
         Refusal::PolicyError,
@@ -142,6 +144,7 @@ impl Refusal {
         Refusal::Internal,
         Refusal::StreamIncomplete,
         Refusal::ConditionError,
+        Refusal::BodyBudget,
     ];
 
     /// The `reason` label.
@@ -157,6 +160,7 @@ impl Refusal {
             Refusal::Internal => "internal",
             Refusal::StreamIncomplete => "stream_incomplete",
             Refusal::ConditionError => "condition_error",
+            Refusal::BodyBudget => "body_budget",
         }
     }
 }
@@ -324,6 +328,7 @@ pub struct Metrics {
     reloads: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     config: Mutex<Option<ConfigInfo>>,
     streams: AtomicI64,
+    body_bytes: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -375,6 +380,26 @@ impl Metrics {
     pub fn stream_opened(self: &Arc<Self>) -> StreamGuard {
         self.streams.fetch_add(1, Relaxed);
         StreamGuard(Arc::clone(self))
+    }
+
+    /// Counts `bytes` more of buffered body unless that would pass `budget`; whether it did.
+    pub fn reserve_body_bytes(&self, bytes: usize, budget: usize) -> bool {
+        let before = self.body_bytes.fetch_add(bytes, Relaxed);
+        if before.saturating_add(bytes) > budget {
+            self.body_bytes.fetch_sub(bytes, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back `bytes` of [`Metrics::reserve_body_bytes`].
+    pub fn release_body_bytes(&self, bytes: usize) {
+        self.body_bytes.fetch_sub(bytes, Relaxed);
+    }
+
+    /// Body bytes held by streams now.
+    pub fn body_bytes(&self) -> usize {
+        self.body_bytes.load(Relaxed)
     }
 
     /// ext_proc streams in flight.
@@ -573,6 +598,17 @@ impl Metrics {
             out,
             "policy_engine_streams_in_flight {}",
             self.streams_in_flight()
+        );
+        header(
+            &mut out,
+            "policy_engine_buffered_body_bytes",
+            "gauge",
+            "Body bytes streams hold now while their chains wait for a whole body.",
+        );
+        let _ = writeln!(
+            out,
+            "policy_engine_buffered_body_bytes {}",
+            self.body_bytes()
         );
         out
     }

@@ -146,6 +146,8 @@ pub struct ServerOptions {
     pub route_key: RouteKey,
     /// The largest request or response body a chain accepts (413 past it).
     pub max_body_bytes: usize,
+    /// The most body bytes every stream together may hold (503 past it).
+    pub max_buffered_body_bytes: usize,
 }
 
 impl Default for ServerOptions {
@@ -153,6 +155,7 @@ impl Default for ServerOptions {
         ServerOptions {
             route_key: RouteKey::default(),
             max_body_bytes: 1024 * 1024,
+            max_buffered_body_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -30,6 +30,8 @@ pub(crate) enum Failure {
     PartialBody { phase: Phase },
     /// The chain needs a body Envoy's filter is configured not to send.
     BodyNotSent { phase: Phase },
+    /// Holding this body would pass the engine-wide budget of buffered body bytes.
+    BodyBudget { phase: Phase, budget: usize },
     /// The request cannot be represented faithfully (e.g. a header that is not UTF-8).
     BadRequest(TranslateError),
     /// A chain did something its definitions do not allow.
@@ -46,6 +48,7 @@ impl Failure {
             Failure::BodyTooLarge { .. } => Refusal::BodyTooLarge,
             Failure::PartialBody { .. } => Refusal::PartialBody,
             Failure::BodyNotSent { .. } => Refusal::BodyNotSent,
+            Failure::BodyBudget { .. } => Refusal::BodyBudget,
             Failure::BadRequest(_) => Refusal::BadRequest,
             Failure::Internal(_) => Refusal::Internal,
         }
@@ -106,6 +109,16 @@ pub(crate) fn rescue(failure: Failure, route: &str, request_id: &str) -> Immedia
                 "the request could not be processed",
                 Some(&id),
             )
+        }
+        Failure::BodyBudget { phase, budget } => {
+            tracing::warn!(
+                route,
+                request_id,
+                phase = phase.label(),
+                budget,
+                "the engine holds its whole budget of buffered body bytes (--max-buffered-body-bytes): 503"
+            );
+            error(503, "overloaded", "the service is busy; retry later", None)
         }
         Failure::BadRequest(cause) => {
             tracing::warn!(route, request_id, %cause, "request rejected");

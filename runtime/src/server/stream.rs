@@ -8,7 +8,7 @@ use super::Shared;
 use super::rescue::{Failure, rescue};
 use super::translate::{self, BodyMode, Extra};
 use crate::chain::{Chain, Decision, Trace};
-use crate::metrics::{Outcome, Phase, Refusal, RouteMetrics};
+use crate::metrics::{Metrics, Outcome, Phase, Refusal, RouteMetrics};
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as In;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Out;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
@@ -42,6 +42,20 @@ struct Gathered {
     bytes: Vec<u8>,
     /// Parts Envoy waits on an answer for.
     held: usize,
+    /// Its share of the engine-wide body budget.
+    reserved: Option<Reservation>,
+}
+
+/// Body bytes counted against the engine-wide budget until dropped.
+struct Reservation {
+    metrics: Arc<Metrics>,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.metrics.release_body_bytes(self.bytes);
+    }
 }
 
 enum Stage {
@@ -201,6 +215,8 @@ impl Exchange {
                     return Ok(Vec::new());
                 }
                 let held = gathered.held;
+                // The budget share is held until the chain is done with the body.
+                let _reserved = gathered.reserved.take();
                 let request = request.with_body(gathered.bytes);
                 let last = self.run_request(chain, request, true).await;
                 Ok(release(held, last, Out::RequestBody))
@@ -267,6 +283,7 @@ impl Exchange {
                     return Ok(Vec::new());
                 }
                 let held = gathered.held;
+                let _reserved = gathered.reserved.take();
                 let response = response.with_body(gathered.bytes);
                 let last = self
                     .run_response(chain, request, metadata, response, true)
@@ -338,6 +355,23 @@ impl Exchange {
         // BUFFERED_PARTIAL sends what fit in Envoy's buffer and lets the rest through unseen.
         if !end_of_stream && mode == Some(BodyMode::BufferedPartial) {
             return Err(Failure::PartialBody { phase: self.phase });
+        }
+        let budget = self.shared.options.max_buffered_body_bytes;
+        let metrics = self.shared.state.metrics();
+        if !metrics.reserve_body_bytes(part.len(), budget) {
+            return Err(Failure::BodyBudget {
+                phase: self.phase,
+                budget,
+            });
+        }
+        match &mut gathered.reserved {
+            Some(reserved) => reserved.bytes += part.len(),
+            None => {
+                gathered.reserved = Some(Reservation {
+                    metrics: Arc::clone(metrics),
+                    bytes: part.len(),
+                });
+            }
         }
         if gathered.bytes.is_empty() {
             gathered.bytes = part;

@@ -303,11 +303,23 @@ pub(crate) fn immediate(response: &ImmediateResponse) -> PbImmediateResponse {
         s @ 200..=599 => s,
         _ => 500,
     };
+    // The first value of a name replaces what Envoy would add; repeated ones (two set-cookie
+    // values) are appended, so they stay separate headers.
+    let mut seen: Vec<&str> = Vec::new();
     let headers = response
         .headers()
         .iter()
         .filter(|(name, _)| !name.starts_with(':'))
-        .map(|(name, value)| set(name, value, HeaderAppendAction::OverwriteIfExistsOrAdd))
+        .map(|(name, value)| {
+            let name = name.as_str();
+            let action = if seen.contains(&name) {
+                HeaderAppendAction::AppendIfExistsOrAdd
+            } else {
+                seen.push(name);
+                HeaderAppendAction::OverwriteIfExistsOrAdd
+            };
+            set(name, value, action)
+        })
         .collect::<Vec<_>>();
     PbImmediateResponse {
         status: Some(HttpStatus {
@@ -452,6 +464,35 @@ mod tests {
                 .iter()
                 .all(|o| o.header.as_ref().is_some_and(|h| h.value.is_empty())),
             "value and raw_value both set"
+        );
+    }
+
+    #[test]
+    fn repeated_headers_of_an_immediate_response_stay_separate() {
+        let r = ImmediateResponse::new(302)
+            .with_header("set-cookie", "a=1")
+            .with_header("set-cookie", "b=2")
+            .with_header("location", "/x");
+        let pb = immediate(&r);
+        let sets: Vec<(String, Vec<u8>, i32)> = pb
+            .headers
+            .expect("headers")
+            .set_headers
+            .iter()
+            .map(|o| {
+                let h = o.header.as_ref().expect("header");
+                (h.key.clone(), h.raw_value.clone(), o.append_action)
+            })
+            .collect();
+        let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
+        let append = HeaderAppendAction::AppendIfExistsOrAdd as i32;
+        assert_eq!(
+            sets,
+            [
+                ("set-cookie".into(), b"a=1".to_vec(), overwrite),
+                ("set-cookie".into(), b"b=2".to_vec(), append),
+                ("location".into(), b"/x".to_vec(), overwrite),
+            ]
         );
     }
 

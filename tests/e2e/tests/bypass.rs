@@ -398,3 +398,100 @@ routes:
     }
     stack.wait_for_log("the condition reads a header", Duration::from_secs(5));
 }
+
+#[test]
+fn metrics_can_be_scraped_without_exposing_the_configuration() {
+    let stack = Stack::start_with(
+        Some(
+            "version: v1\nroutes:\n  - route: public\n    policies:\n      - {name: require-header, version: 1.0.0, params: {header: x-user}}\n",
+        ),
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
+    assert_eq!(stack.send(Request::get("/public/x")).status, 401);
+    let port = stack
+        .engine_metrics_port
+        .expect("the engine announced its metrics listener");
+    let get = |path| {
+        Request::get(path)
+            .send(port)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    };
+    let metrics = get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .text()
+            .contains("policy_engine_requests_total{route=\"public\""),
+        "{}",
+        metrics.text()
+    );
+    assert_eq!(get("/health/ready").status, 200);
+    for hidden in ["/config", "/policies", "/build-info"] {
+        assert_eq!(
+            get(hidden).status,
+            404,
+            "{hidden} is not on the metrics listener"
+        );
+    }
+    // The full admin API is still where it was.
+    assert_eq!(stack.admin(Request::get("/config")).status, 200);
+}
+
+#[test]
+fn many_held_bodies_cannot_exhaust_memory() {
+    let envoy = EnvoyOptions {
+        allow_mode_override: false,
+        request_body_mode: "STREAMED",
+        ..EnvoyOptions::default()
+    };
+    let stack = Stack::start_with_envoy(
+        BODY_CHAINS,
+        &[
+            "--max-body-bytes",
+            "65536",
+            "--max-buffered-body-bytes",
+            "80000",
+        ],
+        &envoy,
+    );
+    // A holds 60,000 bytes in the engine: its body has not ended.
+    let mut a = TcpStream::connect(("127.0.0.1", stack.port)).expect("connect");
+    a.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut first = b"{\"pad\":\"".to_vec();
+    first.extend(std::iter::repeat_n(b'p', 60_000 - first.len()));
+    a.write_all(
+        b"POST /body/a HTTP/1.1\r\nhost: e2e.test\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n",
+    )
+    .and_then(|()| a.write_all(format!("{:x}\r\n", first.len()).as_bytes()))
+    .and_then(|()| a.write_all(&first))
+    .and_then(|()| a.write_all(b"\r\n"))
+    .expect("send A's first part");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&stack, "policy_engine_buffered_body_bytes") < 60_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine never held A's part"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // B would pass the budget: 503, counted, never forwarded whole.
+    let b = vec![b' '; 30_000];
+    let reply = stack.send(Request::post("/body/b", &b));
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "overloaded");
+    assert_eq!(
+        metric(
+            &stack,
+            "policy_engine_refusals_total{route=\"body\",reason=\"body_budget\"}"
+        ),
+        1
+    );
+    // A completes within the budget.
+    a.write_all(b"2\r\n\"}\r\n0\r\n\r\n").expect("end A");
+    let reply = read_message(&mut BufReader::new(a))
+        .expect("read A's answer")
+        .expect("an answer");
+    assert!(reply.start.contains(" 200 "), "{}", reply.start);
+    assert_eq!(metric(&stack, "policy_engine_buffered_body_bytes"), 0);
+}

@@ -148,13 +148,14 @@ impl ApiKeyValidation {
             .map(|(_, consumer)| consumer.as_str())
     }
 
-    /// The path without the key's query parameter.
+    /// The path without the key's query parameter (every occurrence, its name decoded exactly
+    /// as when it was found, so `api%5Fkey=` cannot slip the key upstream).
     fn path_without(&self, request: &Request, name: &str) -> String {
         let kept: Vec<&str> = request
             .query()
             .unwrap_or_default()
             .split('&')
-            .filter(|pair| pair.split('=').next() != Some(name) && !pair.is_empty())
+            .filter(|pair| !pair.is_empty() && query_param(pair, name).is_none())
             .collect();
         let path = request.path_without_query();
         if kept.is_empty() {
@@ -275,6 +276,13 @@ mod tests {
         let mut ctx = RequestContext::new(Request::new("GET", "/items?api_key=test"));
         let mods = expect_continue(testkit::run_request(&p, &mut ctx));
         assert_eq!(mods.path(), Some("/items"));
+        // An encoded name is found and removed alike, with every repeat of it.
+        let mut ctx = RequestContext::new(Request::new(
+            "GET",
+            "/items?api%5Fkey=test&page=2&api_key=again",
+        ));
+        let mods = expect_continue(testkit::run_request(&p, &mut ctx));
+        assert_eq!(mods.path(), Some("/items?page=2"));
     }
 
     #[test]

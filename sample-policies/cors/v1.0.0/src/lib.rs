@@ -172,14 +172,16 @@ impl RequestPolicy for Cors {
 impl ResponsePolicy for Cors {
     fn on_response<'a>(&'a self, ctx: &'a mut ResponseContext) -> Outcome<'a, ResponseAction> {
         let mut mods = UpstreamResponseMods::new();
+        // The answer depends on the Origin header unless every origin gets `*`: a cache must
+        // not serve one origin's response (with or without CORS headers) to another.
+        if !self.any_origin {
+            mods = mods.append_header("vary", "Origin");
+        }
         if let Some(origin) = self.allowed_origin(ctx.request()) {
             mods = mods.set_header(
                 "access-control-allow-origin",
                 self.allow_origin_value(origin),
             );
-            if !self.any_origin {
-                mods = mods.append_header("vary", "Origin");
-            }
             if self.credentials {
                 mods = mods.set_header("access-control-allow-credentials", "true");
             }
@@ -289,11 +291,11 @@ mod tests {
         assert_eq!(
             ops,
             [
+                HeaderOp::Append("vary".into(), "Origin".into()),
                 HeaderOp::Set(
                     "access-control-allow-origin".into(),
                     "https://app.example.com".into()
                 ),
-                HeaderOp::Append("vary".into(), "Origin".into()),
                 HeaderOp::Set("access-control-allow-credentials".into(), "true".into()),
                 HeaderOp::Set(
                     "access-control-expose-headers".into(),
@@ -301,8 +303,13 @@ mod tests {
                 ),
             ]
         );
-        assert!(response_ops(&strict(), Some("https://evil.example")).is_empty());
-        assert!(response_ops(&strict(), None).is_empty());
+        let vary_only = [HeaderOp::Append("vary".into(), "Origin".into())];
+        assert_eq!(
+            response_ops(&strict(), Some("https://evil.example")),
+            vary_only,
+            "a refused origin's response still varies on Origin"
+        );
+        assert_eq!(response_ops(&strict(), None), vary_only);
         let any = cors(json!({"allowOrigins": ["*"]}));
         assert_eq!(
             response_ops(&any, Some("https://whoever.example")),

@@ -3,8 +3,9 @@
 //! period while the endpoint is down.
 
 use futures_channel::oneshot;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::DecodingKey;
-use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -12,10 +13,10 @@ use std::time::{Duration, Instant};
 /// The largest JWKS document read.
 const MAX_JWKS_BYTES: u64 = 512 * 1024;
 
-/// Keys by `kid` (keys without one are stored under "").
+/// Keys by `kid` (keys without one are stored under ""), each with the algorithm its JWK pins.
 #[derive(Clone, Default)]
 pub struct KeySet {
-    keys: HashMap<String, DecodingKey>,
+    keys: HashMap<String, (DecodingKey, Option<Algorithm>)>,
 }
 
 impl std::fmt::Debug for KeySet {
@@ -27,27 +28,36 @@ impl std::fmt::Debug for KeySet {
 }
 
 impl KeySet {
-    /// The usable signing keys of `set` (encryption keys and unsupported ones are left out).
+    /// The usable signing keys of `set`: encryption keys, symmetric (`oct`) keys (a published
+    /// JWKS is public: a shared secret in it would let anyone sign) and keys whose `alg` is not a
+    /// signing algorithm are left out.
     pub fn from_jwks(set: &JwkSet) -> KeySet {
         let keys = set
             .keys
             .iter()
             .filter(|jwk| !matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)))
+            .filter(|jwk| !matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)))
             .filter_map(|jwk| {
+                let alg = match jwk.common.key_algorithm {
+                    Some(alg) => Some(Algorithm::try_from(alg).ok()?),
+                    None => None,
+                };
                 let key = DecodingKey::from_jwk(jwk).ok()?;
-                Some((jwk.common.key_id.clone().unwrap_or_default(), key))
+                Some((jwk.common.key_id.clone().unwrap_or_default(), (key, alg)))
             })
             .collect();
         KeySet { keys }
     }
 
-    /// The key for a token's `kid`; a token without one may use the only key of a one-key set.
-    pub fn get(&self, kid: Option<&str>) -> Option<&DecodingKey> {
-        match kid {
-            Some(kid) => self.keys.get(kid),
-            None if self.keys.len() == 1 => self.keys.values().next(),
-            None => None,
-        }
+    /// The key for a token's `kid` and `alg`; a token without a `kid` may use the only key of a
+    /// one-key set. A key whose JWK names an `alg` serves only tokens of that algorithm.
+    pub fn get(&self, kid: Option<&str>, alg: Algorithm) -> Option<&DecodingKey> {
+        let (key, pinned) = match kid {
+            Some(kid) => self.keys.get(kid)?,
+            None if self.keys.len() == 1 => self.keys.values().next()?,
+            None => return None,
+        };
+        pinned.is_none_or(|p| p == alg).then_some(key)
     }
 
     /// How many keys.
@@ -164,12 +174,12 @@ impl Jwks {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The key for `kid`, fetching (or waiting for a fetch in flight) when needed.
+    /// The key for `kid` and `alg`, fetching (or waiting for a fetch in flight) when needed.
     ///
     /// Cancellation-safe: a fetch is owned by its own thread, which stores the result and wakes
     /// every waiter, so a lookup dropped mid-way (client gone, policy timeout) never leaves the
     /// cache waiting; the fetch still completes and serves the next lookup.
-    pub async fn key(self: &Arc<Self>, kid: Option<&str>) -> Lookup {
+    pub async fn key(self: &Arc<Self>, kid: Option<&str>, alg: Algorithm) -> Lookup {
         // At most: one lookup, one wait for a fetch in flight or one fetch, one lookup.
         for round in 0..2 {
             enum Next {
@@ -189,7 +199,7 @@ impl Jwks {
                     .keys
                     .as_ref()
                     .filter(|_| usable)
-                    .and_then(|k| k.get(kid).cloned());
+                    .and_then(|k| k.get(kid, alg).cloned());
                 match (found, &mut state.waiters) {
                     (Some(key), _) if fresh || self.url.is_none() => Next::Done(Lookup::Key(key)),
                     (_, Some(waiters)) if round == 0 => {
@@ -245,7 +255,7 @@ impl Jwks {
         });
         match state.keys.as_ref().filter(|_| usable) {
             Some(keys) => keys
-                .get(kid)
+                .get(kid, alg)
                 .cloned()
                 .map_or(Lookup::UnknownKid, Lookup::Key),
             None => Lookup::Unavailable(

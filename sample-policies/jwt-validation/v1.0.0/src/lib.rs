@@ -267,7 +267,7 @@ impl Provider {
         if !self.validation.algorithms.contains(&header.alg) {
             return Err(Rejection::Invalid("the token's algorithm is not allowed"));
         }
-        let key = match self.keys.key(header.kid.as_deref()).await {
+        let key = match self.keys.key(header.kid.as_deref(), header.alg).await {
             Lookup::Key(key) => key,
             Lookup::UnknownKid => {
                 return Err(Rejection::Invalid("the token's signing key is unknown"));

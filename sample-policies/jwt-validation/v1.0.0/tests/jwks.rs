@@ -123,7 +123,7 @@ fn a_cancelled_lookup_never_leaves_the_next_one_waiting() {
         },
     );
     assert!(matches!(
-        testkit::block_on(jwks.key(Some("k1"))),
+        testkit::block_on(jwks.key(Some("k1"), jsonwebtoken::Algorithm::RS256)),
         Lookup::Key(_)
     ));
 
@@ -132,7 +132,7 @@ fn a_cancelled_lookup_never_leaves_the_next_one_waiting() {
     *server.set.lock().expect("set") = json!({"keys": [jwk("rsa", "k1"), jwk("ec", "k2")]});
     server.delay_ms.store(300, Ordering::SeqCst);
     {
-        let mut lookup = Box::pin(jwks.key(Some("k2")));
+        let mut lookup = Box::pin(jwks.key(Some("k2"), jsonwebtoken::Algorithm::ES256));
         let mut cx = Context::from_waker(Waker::noop());
         assert!(lookup.as_mut().poll(&mut cx).is_pending(), "fetching");
     }
@@ -141,7 +141,10 @@ fn a_cancelled_lookup_never_leaves_the_next_one_waiting() {
     let (tx, rx) = std::sync::mpsc::channel();
     let next = std::sync::Arc::clone(&jwks);
     std::thread::spawn(move || {
-        let found = matches!(testkit::block_on(next.key(Some("k2"))), Lookup::Key(_));
+        let found = matches!(
+            testkit::block_on(next.key(Some("k2"), jsonwebtoken::Algorithm::ES256)),
+            Lookup::Key(_)
+        );
         let _ = tx.send(found);
     });
     assert_eq!(
@@ -149,4 +152,25 @@ fn a_cancelled_lookup_never_leaves_the_next_one_waiting() {
         Ok(true),
         "the lookup after a cancelled one completes with the fetched key"
     );
+}
+
+#[test]
+fn symmetric_keys_are_ignored_and_a_keys_alg_is_honoured() {
+    use jsonwebtoken::Algorithm;
+    use jsonwebtoken::jwk::JwkSet;
+    use jwt_validation::jwks::KeySet;
+
+    // A published JWKS is public: an `oct` key in it is a secret anyone could sign with.
+    let set: JwkSet = serde_json::from_value(json!({"keys": [
+        {"kty": "oct", "k": "c2VjcmV0", "kid": "h1", "alg": "HS256"},
+        jwk("rsa", "k1"),
+    ]}))
+    .expect("a JWK set");
+    let keys = KeySet::from_jwks(&set);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys.get(Some("h1"), Algorithm::HS256).is_none());
+    // k1's JWK says RS256: a token naming another algorithm does not get the key.
+    assert!(keys.get(Some("k1"), Algorithm::RS256).is_some());
+    assert!(keys.get(Some("k1"), Algorithm::RS384).is_none());
+    assert!(keys.get(Some("k1"), Algorithm::PS256).is_none());
 }

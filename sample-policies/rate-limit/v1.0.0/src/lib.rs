@@ -86,6 +86,9 @@ pub struct RateLimit {
     seed: RandomState,
     shards: Vec<Mutex<HashMap<u64, Bucket>>>,
     epoch: Instant,
+    /// How many times a shard was scanned to make room.
+    #[cfg(test)]
+    scans: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for RateLimit {
@@ -136,6 +139,8 @@ impl Policy for RateLimit {
             seed: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             epoch: Instant::now(),
+            #[cfg(test)]
+            scans: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 }
@@ -188,16 +193,31 @@ impl RateLimit {
         }
     }
 
-    /// Drops buckets that have refilled (they equal a fresh one); if none has, the least
-    /// recently used.
+    /// Drops buckets that have refilled (they equal a fresh one); if that frees nothing, the
+    /// least recently used eighth of the shard at once, so the next new keys find room without
+    /// another scan (one scan per `per_shard / 8` new keys, not one per key).
     fn make_room(&self, buckets: &mut HashMap<u64, Bucket>, now: Duration) {
+        #[cfg(test)]
+        self.scans
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let full_after = Duration::from_secs_f64(self.burst / self.rate);
         buckets.retain(|_, b| now.saturating_sub(b.last) < full_after);
-        if buckets.len() >= self.per_shard
-            && let Some(oldest) = buckets.iter().min_by_key(|(_, b)| b.last).map(|(k, _)| *k)
-        {
-            buckets.remove(&oldest);
+        if buckets.len() < self.per_shard {
+            return;
         }
+        let mut lasts: Vec<Duration> = buckets.values().map(|b| b.last).collect();
+        let evict = (lasts.len() / 8).max(1);
+        let (_, cutoff, _) = lasts.select_nth_unstable(evict - 1);
+        let cutoff = *cutoff;
+        let mut left = evict;
+        buckets.retain(|_, b| {
+            if left > 0 && b.last <= cutoff {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
     }
 
     #[cfg(test)]
@@ -348,6 +368,18 @@ mod tests {
             p.take(&format!("late-{i}"), at(0.5));
         }
         assert_eq!(p.take("busy", at(1.0)), Verdict::Limited { retry_after: 1 });
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_does_not_scan_a_shard_per_key() {
+        let p = limiter(json!({"requestsPerSecond": 1, "burst": 5, "maxKeys": 1600}));
+        for i in 0..20_000 {
+            p.take(&format!("client-{i}"), at(0.0));
+        }
+        assert!(p.tracked() <= 1600, "{} buckets", p.tracked());
+        let scans = p.scans.load(std::sync::atomic::Ordering::Relaxed);
+        // 18,400 keys had to make room; a scan frees an eighth of a 100-bucket shard.
+        assert!(scans < 20_000 / 10, "{scans} scans");
     }
 
     #[test]

@@ -118,6 +118,8 @@ pub struct Stack {
     pub engine_address: String,
     /// The engine's admin API port (unless started with `--admin-listen off`).
     pub engine_admin_port: Option<u16>,
+    /// The engine's metrics-only port (when started with `--metrics-listen`).
+    pub engine_metrics_port: Option<u16>,
     engine_pid: u32,
     // Drop order: Envoy first, then the engine, then the files.
     _envoy: Process,
@@ -166,8 +168,12 @@ impl Stack {
         if let Some(config) = config {
             std::fs::write(scratch.path("routes.yaml"), config).expect("write the config");
         }
-        let (engine, engine_address, engine_admin_port) =
-            spawn_engine(engine, &scratch, engine_args);
+        let Spawned {
+            process: engine,
+            address: engine_address,
+            admin_port: engine_admin_port,
+            metrics_port: engine_metrics_port,
+        } = spawn_engine(engine, &scratch, engine_args);
         let engine_pid = engine.0.id();
         let admin_port = free_port();
         let port = free_port();
@@ -181,6 +187,7 @@ impl Stack {
             admin_port,
             engine_address: engine_address_announced,
             engine_admin_port,
+            engine_metrics_port,
             engine_pid,
             _envoy: envoy,
             _engine: engine,
@@ -310,13 +317,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A started engine and what it announced.
+struct Spawned {
+    process: Process,
+    address: String,
+    admin_port: Option<u16>,
+    metrics_port: Option<u16>,
+}
+
 /// Starts `engine` (on a free loopback port unless `extra` has `--listen`) and returns it with
-/// the address it announced.
-fn spawn_engine(
-    engine: &Path,
-    scratch: &Scratch,
-    extra: &[&str],
-) -> (Process, String, Option<u16>) {
+/// the addresses it announced.
+fn spawn_engine(engine: &Path, scratch: &Scratch, extra: &[&str]) -> Spawned {
     let log = std::fs::File::create(scratch.path("engine.log")).expect("create the engine log");
     let config = scratch.path("routes.yaml");
     let mut command = Command::new(engine);
@@ -342,12 +353,15 @@ fn spawn_engine(
     let process = Process(child);
     let (tx, rx) = mpsc::channel();
     let (admin_tx, admin_rx) = mpsc::channel();
+    let (metrics_tx, metrics_rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(address) = line.strip_prefix("policy-engine listening on ") {
                 let _ = tx.send(address.to_owned());
             } else if let Some(address) = line.strip_prefix("policy-engine admin on ") {
                 let _ = admin_tx.send(address.to_owned());
+            } else if let Some(address) = line.strip_prefix("policy-engine metrics on ") {
+                let _ = metrics_tx.send(address.to_owned());
             }
         }
     });
@@ -359,11 +373,17 @@ fn spawn_engine(
                 std::fs::read_to_string(scratch.path("engine.log")).unwrap_or_default()
             )
         });
-    let admin_port = admin_rx
-        .try_recv()
-        .ok()
-        .and_then(|a| a.rsplit_once(':')?.1.parse().ok());
-    (process, address, admin_port)
+    let port = |rx: mpsc::Receiver<String>| {
+        rx.try_recv()
+            .ok()
+            .and_then(|a| a.rsplit_once(':')?.1.parse().ok())
+    };
+    Spawned {
+        process,
+        address,
+        admin_port: port(admin_rx),
+        metrics_port: port(metrics_rx),
+    }
 }
 
 fn start_envoy(scratch: &Scratch, admin_port: u16) -> Process {
