@@ -6,14 +6,13 @@
 
 mod compile;
 mod generate;
-mod manifest;
 mod package;
-mod report;
 mod validate;
 mod vendor;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use policy_builder::{manifest, report};
 use report::{Failure, Stage};
 use serde_json::json;
 use std::path::{Path, PathBuf};

@@ -72,16 +72,28 @@ pub fn load(path: &Path) -> Result<Manifest, Failure> {
     }
     let bytes = std::fs::read(path)
         .map_err(|e| fail(Problem::new(format!("cannot read the manifest: {e}"))))?;
-    let text = String::from_utf8(bytes.clone())
+    parse(&bytes, path)
+}
+
+/// Checks manifest `bytes` as if read from `path` (relative uris resolve from its directory).
+pub fn parse(bytes: &[u8], path: &Path) -> Result<Manifest, Failure> {
+    let fail = |p: Problem| Failure::one(Stage::Manifest, p.in_file(path));
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(fail(Problem::new(format!(
+            "the manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES}",
+            bytes.len()
+        ))));
+    }
+    let text = std::str::from_utf8(bytes)
         .map_err(|_| fail(Problem::new("the manifest is not UTF-8 text")))?;
-    let doc: Value = serde_saphyr::from_str(&text)
+    let doc: Value = serde_saphyr::from_str(text)
         .map_err(|e| fail(Problem::new(format!("not valid YAML: {e}"))))?;
     let base = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let mut problems = Vec::new();
-    let policies = check(&doc, &text, base, &mut problems);
+    let policies = check(&doc, text, base, &mut problems);
     if !problems.is_empty() {
         for p in &mut problems {
             p.file = Some(path.to_path_buf());
@@ -93,7 +105,7 @@ pub fn load(path: &Path) -> Result<Manifest, Failure> {
     }
     Ok(Manifest {
         path: path.to_path_buf(),
-        sha256: hex(&Sha256::digest(&bytes)),
+        sha256: hex(&Sha256::digest(bytes)),
         policies,
     })
 }

@@ -100,14 +100,14 @@ impl HeaderMap {
         self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
-    /// The number of `(name, value)` pairs.
+    /// The number of `(name, value)` pairs in the string view.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
-    /// Whether the map holds no header at all.
+    /// Whether the map holds no header at all (values that are not UTF-8 count).
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.opaque.is_empty()
     }
 
     /// Replaces every value of `name` with `value`.

@@ -204,6 +204,26 @@ impl ExtProc {
     }
 }
 
+/// How one replayed stream ended: the answers in order, and the protocol error that closed
+/// the stream, if one did.
+pub type Replay = (Vec<ProcessingResponse>, Option<String>);
+
+/// Runs `messages` through one exchange as a gRPC stream would, without a network: for fuzzing
+/// and regression tests of the message handling.
+#[doc(hidden)]
+pub async fn replay(service: &ExtProc, messages: Vec<ProcessingRequest>) -> Replay {
+    let mut exchange = Exchange::new(Arc::clone(&service.shared));
+    let mut answers = Vec::new();
+    for msg in messages {
+        match exchange.handle(msg).await {
+            Ok(more) => answers.extend(more),
+            Err(error) => return (answers, Some(error.to_string())),
+        }
+    }
+    exchange.ended_early(false);
+    (answers, None)
+}
+
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
 #[tonic::async_trait]

@@ -423,13 +423,15 @@ impl Exchange {
         let needs = chain.needs();
         // Envoy says it will not send a body the chain needs: refuse now rather than let the
         // request (or its response) through unjudged.
+        // FULL_DUPLEX_STREAMED wants answers the engine does not give: refused the same way.
+        let unusable = |mode| matches!(mode, BodyMode::None | BodyMode::FullDuplexStreamed);
         if let Some((request_mode, response_mode)) = self.modes {
-            if needs.request_body && !end_of_stream && request_mode == BodyMode::None {
+            if needs.request_body && !end_of_stream && unusable(request_mode) {
                 return self.fail(Failure::BodyNotSent {
                     phase: Phase::Request,
                 });
             }
-            if needs.response_body && response_mode == BodyMode::None {
+            if needs.response_body && unusable(response_mode) {
                 return self.fail(Failure::BodyNotSent {
                     phase: Phase::Response,
                 });

@@ -1,6 +1,8 @@
 //! Never walked around: every path a request or response can take through a real Envoy is
 //! either judged by its route's chain or refused, logged and counted.
 
+#[path = "../../../sample-policies/jwt-validation/v1.0.0/tests/support/mod.rs"]
+mod jwt;
 mod support;
 
 use std::io::{BufReader, Write};
@@ -36,6 +38,11 @@ fn big_buffers() -> EnvoyOptions {
     }
 }
 
+/// The start of a reply's body, for assertion messages (bodies here can be megabytes).
+fn head(reply: &support::Reply) -> String {
+    reply.text().chars().take(200).collect()
+}
+
 /// The value of one series of the engine's `/metrics`, 0 when absent.
 fn metric(stack: &Stack, series: &str) -> u64 {
     stack
@@ -53,7 +60,7 @@ fn bodies_past_the_limit_are_refused_in_both_directions_at_any_size() {
     for times in [3, 20] {
         let body = vec![b'x'; LIMIT * times];
         let reply = stack.send(Request::post("/body/up", &body));
-        assert_eq!(reply.status, 413, "{times}x the limit: {}", reply.text());
+        assert_eq!(reply.status, 413, "{times}x the limit: {}", head(&reply));
         assert_eq!(reply.json()["error"], "payload_too_large");
     }
     assert!(
@@ -63,7 +70,7 @@ fn bodies_past_the_limit_are_refused_in_both_directions_at_any_size() {
     for times in [3, 20] {
         let size = (LIMIT * times).to_string();
         let reply = stack.send(Request::post("/body/down", b"{}").header("x-echo-size", &size));
-        assert_eq!(reply.status, 502, "{times}x the limit: {}", reply.text());
+        assert_eq!(reply.status, 502, "{times}x the limit: {}", head(&reply));
         let body = reply.json();
         assert_eq!(body["error"], "upstream_response_refused");
         assert!(body["errorId"].as_str().is_some_and(|id| !id.is_empty()));
@@ -494,4 +501,69 @@ fn many_held_bodies_cannot_exhaust_memory() {
         .expect("an answer");
     assert!(reply.start.contains(" 200 "), "{}", reply.start);
     assert_eq!(metric(&stack, "policy_engine_buffered_body_bytes"), 0);
+}
+
+#[test]
+fn a_cancelled_jwks_refresh_never_blocks_later_requests() {
+    let server = jwt::JwksServer::start(serde_json::json!({"keys": [jwt::jwk("rsa", "rsa-1")]}));
+    let stack = Stack::start(&format!(
+        "version: v1\nroutes:\n  - route: private\n    policies:\n      - name: jwt-validation\n        version: 1.0.0\n        timeoutMs: 300\n        params: {{issuer: \"{}\", audiences: [{}], jwksUrl: \"{}\", cache: {{minRefreshIntervalSeconds: 0, fetchTimeoutMs: 5000}}}}\n",
+        jwt::ISSUER,
+        jwt::AUDIENCE,
+        server.url
+    ));
+    let bearer = |key: &str, kid: &str| {
+        format!(
+            "Bearer {}",
+            jwt::token(key, kid, &jwt::claims(serde_json::json!({"sub": "bob"})))
+        )
+    };
+    let rsa = bearer("rsa", "rsa-1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stack
+        .send(Request::get("/private/x").header("authorization", &rsa))
+        .status
+        != 200
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first fetch never ended"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The issuer rotates to a new key behind a slow endpoint: the request that starts the
+    // refresh times out (the policy's 300 ms), dropping its lookup mid-fetch.
+    *server.set.lock().expect("set") =
+        serde_json::json!({"keys": [jwt::jwk("rsa", "rsa-1"), jwt::jwk("ec", "ec-1")]});
+    server
+        .delay_ms
+        .store(1000, std::sync::atomic::Ordering::SeqCst);
+    let ec = bearer("ec", "ec-1");
+    let reply = stack.send(Request::get("/private/x").header("authorization", &ec));
+    assert_eq!(reply.status, 500, "timed out: {}", reply.text());
+    stack.wait_for_log("timed out", Duration::from_secs(5));
+
+    // The fetch finishes on its own and later requests get the new key (before the fix, every
+    // later request waited on the abandoned fetch until it timed out).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = stack.send(Request::get("/private/x").header("authorization", &ec));
+        if reply.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "requests after a cancelled refresh never recovered: {} {}",
+            reply.status,
+            reply.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        stack
+            .send(Request::get("/private/x").header("authorization", &rsa))
+            .status,
+        200
+    );
 }

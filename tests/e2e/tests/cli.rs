@@ -40,6 +40,29 @@ fn validate_accepts_a_good_file_and_names_the_problems_of_a_bad_one() {
 }
 
 #[test]
+fn validate_warns_about_a_condition_that_skips_a_policy_when_a_header_is_missing() {
+    let risky = scratch_file(
+        "risky.yaml",
+        "version: v1\nroutes:\n  - route: a\n    policies:\n      - {name: require-header, version: 1.0.0, params: {header: x-user}, condition: 'request.headers[\"x-tenant\"] != \"internal\"'}\n      - {name: require-header, version: 1.0.0, params: {header: x-user}, condition: '\"x-tenant\" in request.headers && request.headers[\"x-tenant\"] == \"a\"'}\n      - {name: require-header, version: 1.0.0, params: {header: x-user}, condition: 'request.headers[\"x-tenant\"] == \"a\"', onConditionError: deny}\n",
+    );
+    let out = engine(&["validate", risky.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "a warning is not an error: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "only the unguarded skip warns: {err}");
+    for part in [
+        "routes[0].policies[0].condition",
+        "has()",
+        "onConditionError",
+    ] {
+        assert!(
+            warnings[0].contains(part),
+            "the warning names {part:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn policies_lists_the_compiled_in_policies() {
     let out = engine(&["policies"]);
     assert!(out.status.success(), "{out:?}");
