@@ -73,26 +73,25 @@ EOF
 /usr/sbin/nginx -c "$work/nginx.conf" -e "$work/nginx.err" &
 pids+=($!)
 
-cat >"$work/routes.yaml" <<'EOF'
-version: v1
-routes:
-  - route: chain3
+# The same 3-policy chain on two routes: one behind the minimal processing mode, one behind the
+# fail-safe mode.
+{
+  echo "version: v1"
+  echo "routes:"
+  for route in chain3 chain3_failsafe; do
+    cat <<EOF
+  - route: $route
     policies:
       - {name: require-header, version: 1.0.0, params: {header: x-api-user}}
       - {name: quota, version: 1.0.0, params: {limit: 1000000000000}}
       - name: set-header
         version: 1.0.0
         params: {request: {set: {x-team: platform}, remove: [x-debug]}}
-  - route: chain3_failsafe
-    policies:
-      - {name: require-header, version: 1.0.0, params: {header: x-api-user}}
-      - {name: quota, version: 1.0.0, params: {limit: 1000000000000}}
-      - name: set-header
-        version: 1.0.0
-        params: {request: {set: {x-team: platform}, remove: [x-debug]}}
-  - route: empty
-    policies: []
 EOF
+  done
+  echo "  - route: empty"
+  echo "    policies: []"
+} >"$work/routes.yaml"
 "$engine" --listen 127.0.0.1:0 --config "$work/routes.yaml" --log-level warn >"$work/engine.out" 2>"$work/engine.err" &
 engine_pid=$!
 pids+=("$engine_pid")

@@ -353,6 +353,17 @@ mod tests {
         }
     }
 
+    /// `(name, raw value, append action)` of each header a mutation sets.
+    fn sets(m: &HeaderMutation) -> Vec<(String, Vec<u8>, i32)> {
+        m.set_headers
+            .iter()
+            .map(|o| {
+                let h = o.header.as_ref().expect("header");
+                (h.key.clone(), h.raw_value.clone(), o.append_action)
+            })
+            .collect()
+    }
+
     #[test]
     fn request_headers_split_into_pseudo_fields_and_headers() {
         let msg = ProcessingRequest::default();
@@ -430,16 +441,8 @@ mod tests {
             },
         )
         .expect("changes");
-        let sets: Vec<(String, Vec<u8>, i32)> = m
-            .set_headers
-            .iter()
-            .map(|o| {
-                let h = o.header.as_ref().expect("header");
-                (h.key.clone(), h.raw_value.clone(), o.append_action)
-            })
-            .collect();
         assert_eq!(
-            sets,
+            sets(&m),
             [
                 (
                     "a".into(),
@@ -473,17 +476,7 @@ mod tests {
             .with_header("set-cookie", "a=1")
             .with_header("set-cookie", "b=2")
             .with_header("location", "/x");
-        let pb = immediate(&r);
-        let sets: Vec<(String, Vec<u8>, i32)> = pb
-            .headers
-            .expect("headers")
-            .set_headers
-            .iter()
-            .map(|o| {
-                let h = o.header.as_ref().expect("header");
-                (h.key.clone(), h.raw_value.clone(), o.append_action)
-            })
-            .collect();
+        let sets = sets(&immediate(&r).headers.expect("headers"));
         let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
         let append = HeaderAppendAction::AppendIfExistsOrAdd as i32;
         assert_eq!(
