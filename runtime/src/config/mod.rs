@@ -31,13 +31,18 @@ pub fn load(text: &str, source_name: &str, registry: &Registry) -> Result<Snapsh
             source_name: source_name.to_owned(),
             source: Box::new(source),
         })?;
-    let version = {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        text.hash(&mut hasher);
-        format!("{:016x}", hasher.finish())
-    };
-    compile_raw(raw, source_name, registry).map(|s| s.with_origin("file", version))
+    compile_raw(raw, source_name, registry).map(|s| s.with_origin("file", document_version(text)))
+}
+
+/// A document's version in file mode: the first 16 hex digits of its SHA-256, the same on every
+/// engine build and machine, so replicas' `/config`, metrics and logs can be compared.
+pub fn document_version(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Compiles a route configuration document already parsed into JSON values, as it arrives over
@@ -67,4 +72,20 @@ fn compile_raw(
         source_name: source_name.to_owned(),
         problems,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_are_a_stable_content_hash() {
+        // SHA-256 of the text, first 8 bytes: fixed across builds, Rust versions and machines.
+        assert_eq!(
+            super::document_version("version: v1\nroutes: []\n"),
+            "4fcc30cc4d66942e"
+        );
+        assert_ne!(
+            super::document_version("version: v1\nroutes: []\n"),
+            super::document_version("version: v1\nroutes: [] \n")
+        );
+    }
 }
