@@ -36,6 +36,10 @@ pub(crate) enum ProtocolError {
 /// last part releases the parts held before it.
 pub(crate) type Answers = Vec<ProcessingResponse>;
 
+/// The most body parts one exchange holds unanswered (Envoy sends parts as they arrive, so a
+/// body within the limit fits; an endless run of empty parts does not).
+const MAX_HELD_PARTS: usize = 16 * 1024;
+
 /// Body parts received so far (`end_of_stream: false`), not yet answered.
 #[derive(Default)]
 struct Gathered {
@@ -345,7 +349,8 @@ impl Exchange {
     ) -> Result<(), Failure> {
         let limit = self.shared.options.max_body_bytes;
         let size = gathered.bytes.len().saturating_add(part.len());
-        if size > limit {
+        // Each held part is an answer owed later: empty parts must not grow that list forever.
+        if size > limit || gathered.held >= MAX_HELD_PARTS {
             return Err(Failure::BodyTooLarge {
                 phase: self.phase,
                 size: Some(size),
