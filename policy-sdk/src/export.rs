@@ -3,6 +3,7 @@
 use crate::{PolicyError, RequestPolicy, ResponsePolicy};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Builds a policy instance for one route from its (schema-validated) parameters.
 pub type Factory = fn(serde_json::Value) -> Result<PolicyInstance, PolicyError>;
@@ -13,15 +14,31 @@ pub type Factory = fn(serde_json::Value) -> Result<PolicyInstance, PolicyError>;
 pub struct PolicyExport {
     definition: &'static str,
     factory: Factory,
+    shared_across_routes: bool,
 }
 
 impl PolicyExport {
-    /// An export from a definition document (YAML) and a factory.
+    /// An export from a definition document (YAML) and a factory; instances are not shared
+    /// across routes.
     pub const fn new(definition: &'static str, factory: Factory) -> Self {
         PolicyExport {
             definition,
             factory,
+            shared_across_routes: false,
         }
+    }
+
+    /// Sets whether route entries with equal parameters may share one instance
+    /// ([`Policy::SHARED_ACROSS_ROUTES`](crate::Policy::SHARED_ACROSS_ROUTES)).
+    #[must_use]
+    pub const fn shared_across_routes(mut self, shared: bool) -> Self {
+        self.shared_across_routes = shared;
+        self
+    }
+
+    /// Whether route entries with equal parameters may share one instance.
+    pub fn is_shared_across_routes(&self) -> bool {
+        self.shared_across_routes
     }
 
     /// The `policy-definition.yaml` text, embedded at compile time.
@@ -41,13 +58,20 @@ impl fmt::Debug for PolicyExport {
     }
 }
 
+/// Starts an instance's background work ([`Policy::start`](crate::Policy::start)).
+type StartHook = Arc<dyn Fn() + Send + Sync>;
+
 /// One policy built for one route: its request hook, its response hook, or both (sharing one
-/// value). A hook may be missing for a phase the definition declares when the instance has
-/// nothing to do there; a hook for an undeclared phase is a build error.
+/// value), and its start hook. A hook may be missing for a phase the definition declares when
+/// the instance has nothing to do there; a hook for an undeclared phase is a build error.
+///
+/// Clones are the same instance: they share the hooks and whether it was started.
 #[derive(Clone, Default)]
 pub struct PolicyInstance {
     request: Option<Arc<dyn RequestPolicy>>,
     response: Option<Arc<dyn ResponsePolicy>>,
+    start: Option<StartHook>,
+    started: Arc<AtomicBool>,
 }
 
 impl PolicyInstance {
@@ -68,6 +92,32 @@ impl PolicyInstance {
         self
     }
 
+    /// Sets what [`PolicyInstance::start`] runs (builder style).
+    pub fn with_start(mut self, start: impl Fn() + Send + Sync + 'static) -> Self {
+        self.start = Some(Arc::new(start));
+        self
+    }
+
+    /// Runs the start hook, the first time only (for this instance and all its clones). The
+    /// engine calls it when a configuration holding the instance is installed.
+    pub fn start(&self) {
+        if !self.started.swap(true, Ordering::AcqRel)
+            && let Some(start) = &self.start
+        {
+            start();
+        }
+    }
+
+    /// Whether [`PolicyInstance::start`] has run.
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Whether `self` and `other` are the same instance (clones of one build).
+    pub fn same_as(&self, other: &PolicyInstance) -> bool {
+        Arc::ptr_eq(&self.started, &other.started)
+    }
+
     /// The request hook, if the policy has one.
     pub fn request(&self) -> Option<&Arc<dyn RequestPolicy>> {
         self.request.as_ref()
@@ -84,6 +134,7 @@ impl fmt::Debug for PolicyInstance {
         f.debug_struct("PolicyInstance")
             .field("request", &self.request.is_some())
             .field("response", &self.response.is_some())
+            .field("started", &self.is_started())
             .finish()
     }
 }
@@ -136,10 +187,12 @@ macro_rules! export_policy {
                 let policy = ::std::sync::Arc::new($crate::instantiate::<$ty>(params)?);
                 let instance = $crate::PolicyInstance::new();
                 $( let instance = $crate::__export_phase!($phase, instance, policy); )+
-                let _ = &policy;
+                let started = ::std::sync::Arc::clone(&policy);
+                let instance = instance.with_start(move || $crate::Policy::start(&*started));
                 ::std::result::Result::Ok(instance)
             }
             $crate::PolicyExport::new($definition, factory)
+                .shared_across_routes(<$ty as $crate::Policy>::SHARED_ACROSS_ROUTES)
         }
     };
 }

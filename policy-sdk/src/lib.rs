@@ -54,6 +54,12 @@
 //!
 //! # Rules the engine relies on
 //!
+//! - **Instances live across reloads**: `new` builds, `start` begins background work once the
+//!   configuration is installed, requests use the instance, and it is dropped when no
+//!   configuration holds it ([`Policy`] spells out the lifecycle). A reload keeps an instance
+//!   whose entry did not change, so its state carries over; `new` does no I/O, since
+//!   `policy-engine validate` and rejected configurations build instances too. State several
+//!   instances should share lives in a [`shared_resource`].
 //! - **Pending outcomes may be dropped at any await point**: the route's policy timeout, the
 //!   client going away, or a reload cut them short. Never leave shared state waiting on work a
 //!   future owns: work that others wait for (a key fetch, a refill) runs on its own task or
@@ -77,6 +83,7 @@ mod http;
 mod metadata;
 mod outcome;
 mod policy;
+mod shared;
 pub mod testkit;
 
 pub use action::{
@@ -91,6 +98,7 @@ pub use http::{Request, Response, query_param};
 pub use metadata::Metadata;
 pub use outcome::{BoxFuture, Outcome, OutcomeFuture};
 pub use policy::{Policy, RequestPolicy, ResponsePolicy, instantiate};
+pub use shared::shared_resource;
 
 /// JSON values, as carried by [`Metadata`] and policy parameters.
 pub use serde_json::Value;

@@ -3,17 +3,46 @@
 use crate::{Outcome, PolicyError, RequestAction, RequestContext, ResponseAction, ResponseContext};
 use serde::de::DeserializeOwned;
 
-/// How a policy is created: once per route, from the route's parameters, already validated
+/// How a policy is created: once per route entry, from the entry's parameters, already validated
 /// against the definition's JSON Schema and deserialized into [`Policy::Params`].
 ///
 /// Check here what the schema cannot express, and name the field in the error with
 /// [`PolicyError::invalid_param`]; the engine then rejects the whole configuration.
+///
+/// # Lifecycle
+///
+/// 1. **new**: the engine builds an instance when a configuration is compiled, also when it is
+///    only checked (`policy-engine validate`) or later rejected. Validate and build here; do no
+///    I/O, start no thread or task.
+/// 2. **start**: once the configuration holding the instance is installed, the engine calls
+///    [`Policy::start`] once. Begin background work here (a key prefetch, say); return at once.
+/// 3. **use**: `on_request` / `on_response`, concurrently, for as long as a configuration holds
+///    the instance. A reload that leaves the entry's `(name, version, params)` unchanged keeps the
+///    same instance, with its state (buckets, caches, counters); a changed entry gets a new one.
+/// 4. **drop**: when no installed configuration and no request in flight holds the instance.
+///    Stop background work in `Drop` (or let it notice, through a `Weak`, that the instance is
+///    gone).
+///
+/// State that should outlive one instance (a key cache several routes or a changed entry can
+/// reuse) belongs in a [`shared_resource`](crate::shared_resource).
 pub trait Policy: Sized + Send + Sync + 'static {
     /// The route-level parameters, deserialized from the route configuration.
     type Params: DeserializeOwned;
 
-    /// Builds the policy for one route.
+    /// Whether route entries with equal `(name, version, params)` may share one instance, also
+    /// across routes. Default `false`: one instance per route entry, so state such as a rate
+    /// limit's buckets is never pooled between routes. Say `true` only when sharing changes
+    /// nothing a client can observe: the policy keeps no per-route state, or the state it keeps
+    /// is meant to be common (a cache of public keys).
+    const SHARED_ACROSS_ROUTES: bool = false;
+
+    /// Builds the policy for one route entry. No I/O here: see the lifecycle above.
     fn new(params: Self::Params) -> Result<Self, PolicyError>;
+
+    /// Starts background work, once, when the first configuration holding this instance is
+    /// installed (never for `validate` or a rejected configuration). Must not block. Default:
+    /// nothing.
+    fn start(&self) {}
 }
 
 /// A policy that runs in the request phase, in the route's listed order.

@@ -75,8 +75,26 @@ async fn ready(State(admin): Shared) -> Response {
     }
 }
 
+/// Runs `render` on a blocking thread: a large configuration or many routes' series take a while
+/// to print, and the threads that serve requests must not wait for that.
+async fn off_the_data_path<T: Send + 'static>(
+    render: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(render).await.map_err(|error| {
+        tracing::error!(%error, "rendering an admin answer failed");
+        json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": "rendering failed; see the engine's log"}),
+        )
+    })
+}
+
 async fn metrics(State(admin): Shared) -> Response {
-    let mut response = admin.state.metrics().render().into_response();
+    let text = match off_the_data_path(move || admin.state.metrics().render()).await {
+        Ok(text) => text,
+        Err(failed) => return failed,
+    };
+    let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -91,21 +109,26 @@ async fn config(State(admin): Shared) -> Response {
             &json!({"error": "no valid configuration loaded yet"}),
         );
     };
-    let loaded_at = snapshot
-        .loaded_at()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    json_response(
-        StatusCode::OK,
-        &json!({
+    let body = off_the_data_path(move || {
+        let loaded_at = snapshot
+            .loaded_at()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        json!({
             "source": snapshot.source_kind(),
             "sourceName": snapshot.source_name(),
             "version": snapshot.version(),
             "loadedAtUnixSeconds": loaded_at,
             "document": snapshot.document(),
-        }),
-    )
+        })
+        .to_string()
+    })
+    .await;
+    match body {
+        Ok(body) => json_text(StatusCode::OK, body),
+        Err(failed) => failed,
+    }
 }
 
 async fn policies(State(admin): Shared) -> Response {
@@ -132,7 +155,11 @@ pub fn policy_list(registry: &Registry) -> Value {
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
-    let mut response = (status, body.to_string()).into_response();
+    json_text(status, body.to_string())
+}
+
+fn json_text(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -10,7 +10,7 @@ pub mod registry;
 pub mod snapshot;
 
 pub use chain::{Chain, Decision, Denial, Needs, Trace};
-pub use config::{ConfigError, Problem, load, load_value};
+pub use config::{ConfigError, InstanceCounts, Problem, load, load_keeping, load_value};
 pub use registry::{RegisteredPolicy, Registry, RegistryError};
 pub use snapshot::Snapshot;
 

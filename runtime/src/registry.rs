@@ -14,6 +14,7 @@ pub struct RegisteredPolicy {
     definition: PolicyDefinition,
     params: ParamsSchema,
     factory: Factory,
+    shared_across_routes: bool,
 }
 
 impl RegisteredPolicy {
@@ -30,6 +31,12 @@ impl RegisteredPolicy {
     /// Builds an instance for one route.
     pub fn factory(&self) -> Factory {
         self.factory
+    }
+
+    /// Whether route entries with equal parameters share one instance, also across routes
+    /// (`Policy::SHARED_ACROSS_ROUTES`).
+    pub fn shared_across_routes(&self) -> bool {
+        self.shared_across_routes
     }
 }
 
@@ -97,6 +104,7 @@ impl Registry {
                 definition,
                 params,
                 factory: export.factory(),
+                shared_across_routes: export.is_shared_across_routes(),
             },
         );
         self.metrics.policy(&key);

@@ -3,7 +3,7 @@
 //! version is invalid.
 
 use crate::server::EngineState;
-use crate::{Registry, load};
+use crate::{Registry, load_keeping};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -75,18 +75,38 @@ impl FileSource {
             );
             return Reload::Rejected;
         };
-        match load(&text, &file, &self.registry) {
-            Ok(snapshot) => {
-                let routes = snapshot.route_names().len();
-                self.state.install(snapshot);
-                tracing::info!(file, routes, "configuration loaded");
+        let (registry, state, source) = (
+            Arc::clone(&self.registry),
+            Arc::clone(&self.state),
+            file.clone(),
+        );
+        // Compiling a large document takes a while: never on a thread that serves requests.
+        let compiled = tokio::task::spawn_blocking(move || {
+            let running = state.current();
+            let snapshot = load_keeping(&text, &source, &registry, running.as_deref())
+                .map_err(|e| e.to_string())?;
+            let (routes, counts) = (snapshot.route_names().len(), snapshot.instance_counts());
+            state.install(snapshot);
+            Ok((routes, counts))
+        })
+        .await
+        .unwrap_or_else(|panic| Err(format!("compiling the configuration panicked: {panic}")));
+        match compiled {
+            Ok((routes, counts)) => {
+                tracing::info!(
+                    file,
+                    routes,
+                    instances = counts.total,
+                    kept = counts.kept,
+                    "configuration loaded"
+                );
                 Reload::Applied
             }
-            Err(error) => {
+            Err(report) => {
                 self.state.rejected("file");
                 tracing::error!(
                     file,
-                    "configuration rejected; keeping the last good configuration:\n{error}"
+                    "configuration rejected; keeping the last good configuration:\n{report}"
                 );
                 Reload::Rejected
             }

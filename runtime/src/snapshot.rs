@@ -1,7 +1,7 @@
 //! The compiled, immutable route configuration that requests run against.
 
 use crate::chain::Chain;
-use crate::config::Problem;
+use crate::config::{InstanceCounts, Instances, Problem};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -18,6 +18,7 @@ pub struct Snapshot {
     pub(crate) document: serde_json::Value,
     pub(crate) loaded_at: SystemTime,
     pub(crate) warnings: Vec<Problem>,
+    pub(crate) instances: Instances,
 }
 
 impl Snapshot {
@@ -72,6 +73,19 @@ impl Snapshot {
     /// header is missing): logged at load, printed by `validate`.
     pub fn warnings(&self) -> &[Problem] {
         &self.warnings
+    }
+
+    /// Runs the start hook of every policy instance not started yet: what a host does when it
+    /// installs the snapshot (never for one it only validated). Instances kept from the running
+    /// snapshot were started already and are left alone.
+    pub fn start_policies(&self) {
+        self.instances.start();
+    }
+
+    /// How many policy instances the snapshot holds, and how many it kept from the one it
+    /// replaces.
+    pub fn instance_counts(&self) -> InstanceCounts {
+        self.instances.counts()
     }
 
     /// When it was compiled.

@@ -44,7 +44,7 @@ fn an_unknown_policy_is_rejected_with_the_available_names() {
     assert_eq!(p[0].path, "routes[0].policies[0].name");
     assert!(
         p[0].message.starts_with(
-            "no policy named \"limitz\" is compiled into this engine; available: fail, limits, meta"
+            "no policy named \"limitz\" is compiled into this engine; available: counter, fail, limits, meta"
         ),
         "{}",
         p[0].message

@@ -1,6 +1,7 @@
 //! Raw configuration -> validated, instantiated [`Snapshot`].
 
 use super::Problem;
+use super::instances::{InstanceKey, Instances};
 use super::raw::{RawConfig, RawPolicy, UnknownRoute};
 use crate::chain::{Chain, Step};
 use crate::condition::Condition;
@@ -21,12 +22,16 @@ const MAX_CONDITION_BYTES: usize = 4096;
 const DEFAULT_TIMEOUT_MS: u64 = 1000;
 const MAX_TIMEOUT_MS: u64 = 60_000;
 
-/// Compiles `raw`; on failure returns every problem found.
+/// Compiles `raw`, taking over the instances of `running` whose entries did not change; on
+/// failure returns every problem found.
 pub(super) fn compile(
     raw: RawConfig,
     source_name: &str,
     registry: &Registry,
+    running: Option<&Snapshot>,
 ) -> Result<Snapshot, Vec<Problem>> {
+    let mut instances = Instances::default();
+    let running = running.map(|s| &s.instances);
     let mut warnings = Vec::new();
     let mut problems = Vec::new();
     let mut report = |path: String, context: Option<String>, message: String| {
@@ -93,6 +98,12 @@ pub(super) fn compile(
         chain.explain = route.explain;
         chain.metrics = registry.metrics().route(&route.route);
         let mut response_steps = Vec::new();
+        let mut entries = Entries {
+            route: &route.route,
+            seen: HashMap::new(),
+            instances: &mut instances,
+            running,
+        };
         for (p, policy) in route.policies.iter().enumerate() {
             let path = format!("{route_path}.policies[{p}]");
             let context = format!(
@@ -102,7 +113,9 @@ pub(super) fn compile(
             let mut fail = |at: &str, message: String| {
                 report(format!("{path}{at}"), Some(context.clone()), message)
             };
-            let Some(built) = build_policy(policy, registry, default_timeout, &mut fail) else {
+            let Some(built) =
+                build_policy(policy, registry, default_timeout, &mut entries, &mut fail)
+            else {
                 continue;
             };
             if policy.on_condition_error == OnConditionError::Skip
@@ -195,6 +208,7 @@ pub(super) fn compile(
             document: redacted(&raw, registry),
             loaded_at: std::time::SystemTime::now(),
             warnings,
+            instances,
         })
     } else {
         Err(problems)
@@ -243,12 +257,22 @@ struct Built<'r> {
     timeout: Duration,
 }
 
-/// Validates one policy entry and builds its instance; reports problems through `fail(at, msg)`
-/// where `at` is appended to the entry's path.
+/// One route's entries on their way to instances.
+struct Entries<'a> {
+    route: &'a str,
+    /// How many entries of this route had each key so far.
+    seen: HashMap<InstanceKey, usize>,
+    instances: &'a mut Instances,
+    running: Option<&'a Instances>,
+}
+
+/// Validates one policy entry and finds or builds its instance; reports problems through
+/// `fail(at, msg)` where `at` is appended to the entry's path.
 fn build_policy<'r>(
     policy: &RawPolicy,
     registry: &'r Registry,
     default_timeout: Duration,
+    entries: &mut Entries<'_>,
     fail: &mut dyn FnMut(&str, String),
 ) -> Option<Built<'r>> {
     let condition = match &policy.condition {
@@ -308,29 +332,25 @@ fn build_policy<'r>(
         .params
         .clone()
         .unwrap_or_else(|| Value::Object(Default::default()));
-    let violations = registered.params_schema().check(&params);
-    if !violations.is_empty() {
-        for v in violations {
-            let at = if v.path.is_empty() {
-                ".params".to_owned()
-            } else {
-                format!(".params.{}", v.path)
-            };
-            fail(&at, v.message);
-        }
-        return None;
-    }
-    let instance = match (registered.factory())(params) {
-        Ok(instance) => instance,
-        Err(error) => {
-            let at = error
-                .field()
-                .map_or_else(|| ".params".to_owned(), |f| format!(".params.{f}"));
-            fail(&at, error.to_string());
-            return None;
-        }
-    };
     let definition = registered.definition();
+    let build = |fail: &mut dyn FnMut(&str, String)| instantiate(registered, params.clone(), fail);
+    let instance = if policy.enabled {
+        let key = InstanceKey::new(
+            entries.route,
+            registered.shared_across_routes(),
+            &format!("{}:{}", policy.name, policy.version).into(),
+            &params,
+        );
+        let nth = entries.seen.entry(key.clone()).or_default();
+        let key = key.nth(*nth);
+        *nth += 1;
+        entries
+            .instances
+            .get_or_build(key, entries.running, || build(fail))?
+    } else {
+        // Validated like any entry, never kept: it does not run.
+        build(fail)?
+    };
     // An instance may leave out a declared phase it has nothing to do in; it may never add one.
     for (phase, present) in [
         (Phase::Request, instance.request().is_some()),
@@ -353,6 +373,36 @@ fn build_policy<'r>(
         timeout: timeout?,
     })
     .filter(|_| condition_ok)
+}
+
+/// Checks `params` against the schema and builds a new instance.
+fn instantiate(
+    registered: &crate::RegisteredPolicy,
+    params: Value,
+    fail: &mut dyn FnMut(&str, String),
+) -> Option<PolicyInstance> {
+    let violations = registered.params_schema().check(&params);
+    if !violations.is_empty() {
+        for v in violations {
+            let at = if v.path.is_empty() {
+                ".params".to_owned()
+            } else {
+                format!(".params.{}", v.path)
+            };
+            fail(&at, v.message);
+        }
+        return None;
+    }
+    match (registered.factory())(params) {
+        Ok(instance) => Some(instance),
+        Err(error) => {
+            let at = error
+                .field()
+                .map_or_else(|| ".params".to_owned(), |f| format!(".params.{f}"));
+            fail(&at, error.to_string());
+            None
+        }
+    }
 }
 
 fn checked_timeout(ms: u64) -> Result<Duration, String> {

@@ -61,15 +61,19 @@ impl EngineState {
         &self.metrics
     }
 
-    /// Swaps in a new snapshot; streams already running keep the chain they started with.
-    pub fn install(&self, snapshot: Snapshot) {
+    /// Starts the snapshot's new policy instances and swaps it in; streams already running keep
+    /// the chain they started with. Returns the replaced snapshot, so a caller off the request
+    /// path can be the one that drops it (an in-flight stream may still hold it a little).
+    pub fn install(&self, snapshot: Snapshot) -> Option<Arc<Snapshot>> {
         for warning in snapshot.warnings() {
             tracing::warn!(source = snapshot.source_name(), %warning, "configuration warning");
         }
+        snapshot.start_policies();
         self.metrics
             .reload(snapshot.source_kind(), Some(snapshot.version()));
-        self.snapshot.store(Some(Arc::new(snapshot)));
+        let replaced = self.snapshot.swap(Some(Arc::new(snapshot)));
         self.ready.send_replace(true);
+        replaced
     }
 
     /// Readiness now and its changes (it turns true once, at the first installed snapshot).

@@ -164,7 +164,7 @@ async fn session(
     while let Some(response) = responses.message().await? {
         answered = true;
         let nonce = response.nonce.clone();
-        let (reply, update) = subscription.handle(response);
+        let (reply, update) = subscription.handle(response).await;
         match &update {
             Update::Applied { version } => {
                 tracing::info!(version, nonce, "xDS configuration applied (ACK)");

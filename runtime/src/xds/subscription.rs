@@ -102,7 +102,11 @@ impl Subscription {
     }
 
     /// Handles one response: the answer to send (none for another type) and what happened.
-    pub fn handle(&mut self, response: DiscoveryResponse) -> (Option<DiscoveryRequest>, Update) {
+    /// Decoding and compiling run on a blocking thread, off the threads serving requests.
+    pub async fn handle(
+        &mut self,
+        response: DiscoveryResponse,
+    ) -> (Option<DiscoveryRequest>, Update) {
         if response.type_url != TYPE_URL {
             return (
                 None,
@@ -112,21 +116,33 @@ impl Subscription {
             );
         }
         let version = response.version_info.clone();
+        let nonce = response.nonce.clone();
         if !version.is_empty() && version == self.applied_version {
-            let ack = self.request(version.clone(), response.nonce, None);
+            let ack = self.request(version.clone(), nonce, None);
             return (Some(ack), Update::Unchanged { version });
         }
-        match self.apply(&response) {
+        let (resource, registry, state) = (
+            self.resource.clone(),
+            Arc::clone(&self.registry),
+            Arc::clone(&self.state),
+        );
+        let applied =
+            tokio::task::spawn_blocking(move || apply(&resource, &response, &registry, &state))
+                .await
+                .unwrap_or_else(|panic| {
+                    Err(format!("compiling the configuration panicked: {panic}"))
+                });
+        match applied {
             Ok(()) => {
                 self.applied_version = version.clone();
-                let ack = self.request(version.clone(), response.nonce, None);
+                let ack = self.request(version.clone(), nonce, None);
                 (Some(ack), Update::Applied { version })
             }
             Err(report) => {
                 self.state.rejected("xds");
                 let nack = self.request(
                     self.applied_version.clone(),
-                    response.nonce,
+                    nonce,
                     Some(Status {
                         code: INVALID_ARGUMENT,
                         message: truncate(&report, MAX_ERROR_DETAIL_BYTES),
@@ -136,46 +152,6 @@ impl Subscription {
                 (Some(nack), Update::Rejected { version, report })
             }
         }
-    }
-
-    /// Finds the subscribed resource, compiles it whole and installs it.
-    fn apply(&self, response: &DiscoveryResponse) -> Result<(), String> {
-        let mut found = Vec::new();
-        let mut others = Vec::new();
-        for (i, any) in response.resources.iter().enumerate() {
-            let resource =
-                PolicyChainConfig::from_any(any).map_err(|e| format!("resources[{i}]: {e}"))?;
-            if resource.name == self.resource {
-                found.push(resource);
-            } else {
-                others.push(resource.name);
-            }
-        }
-        let resource = match found.len() {
-            1 => found.remove(0),
-            0 => {
-                return Err(format!(
-                    "the response holds no resource named {:?} (it holds {others:?})",
-                    self.resource
-                ));
-            }
-            n => {
-                return Err(format!(
-                    "the response holds {n} resources named {:?}",
-                    self.resource
-                ));
-            }
-        };
-        let source = format!(
-            "xds resource {:?} version {:?}",
-            self.resource, response.version_info
-        );
-        let document = resource.document().map_err(|e| format!("{source}: {e}"))?;
-        let snapshot = load_value(document, &source, &self.registry)
-            .map_err(|e| e.to_string())?
-            .with_origin("xds", response.version_info.clone());
-        self.state.install(snapshot);
-        Ok(())
     }
 
     fn request(
@@ -193,6 +169,50 @@ impl Subscription {
             ..DiscoveryRequest::default()
         }
     }
+}
+
+/// Finds the subscribed resource in `response`, compiles it whole (keeping the running
+/// configuration's unchanged policy instances) and installs it.
+fn apply(
+    name: &str,
+    response: &DiscoveryResponse,
+    registry: &Registry,
+    state: &EngineState,
+) -> Result<(), String> {
+    let mut found = Vec::new();
+    let mut others = Vec::new();
+    for (i, any) in response.resources.iter().enumerate() {
+        let resource =
+            PolicyChainConfig::from_any(any).map_err(|e| format!("resources[{i}]: {e}"))?;
+        if resource.name == name {
+            found.push(resource);
+        } else {
+            others.push(resource.name);
+        }
+    }
+    let resource = match found.len() {
+        1 => found.remove(0),
+        0 => {
+            return Err(format!(
+                "the response holds no resource named {name:?} (it holds {others:?})"
+            ));
+        }
+        n => return Err(format!("the response holds {n} resources named {name:?}")),
+    };
+    let source = format!("xds resource {name:?} version {:?}", response.version_info);
+    let document = resource.document().map_err(|e| format!("{source}: {e}"))?;
+    let running = state.current();
+    let snapshot = load_value(document, &source, registry, running.as_deref())
+        .map_err(|e| e.to_string())?
+        .with_origin("xds", response.version_info.clone());
+    let counts = snapshot.instance_counts();
+    tracing::debug!(
+        instances = counts.total,
+        kept = counts.kept,
+        "xDS configuration compiled"
+    );
+    state.install(snapshot);
+    Ok(())
 }
 
 fn truncate(text: &str, limit: usize) -> String {
@@ -266,14 +286,16 @@ mod tests {
         );
     }
 
-    #[test]
-    fn valid_updates_are_applied_and_acked_with_version_and_nonce() {
+    #[tokio::test]
+    async fn valid_updates_are_applied_and_acked_with_version_and_nonce() {
         let (mut sub, state) = subscription();
-        let (ack, update) = sub.handle(response(
-            "v7",
-            "n1",
-            &[("other", routes(&["x"])), ("main", routes(&["a", "b"]))],
-        ));
+        let (ack, update) = sub
+            .handle(response(
+                "v7",
+                "n1",
+                &[("other", routes(&["x"])), ("main", routes(&["a", "b"]))],
+            ))
+            .await;
         assert_eq!(
             update,
             Update::Applied {
@@ -296,7 +318,9 @@ mod tests {
             "a resubscription says what it holds"
         );
 
-        let (ack, update) = sub.handle(response("v7", "n2", &[("main", routes(&["a", "b"]))]));
+        let (ack, update) = sub
+            .handle(response("v7", "n2", &[("main", routes(&["a", "b"]))]))
+            .await;
         assert_eq!(
             update,
             Update::Unchanged {
@@ -306,10 +330,11 @@ mod tests {
         assert_eq!(ack.expect("ack").response_nonce, "n2");
     }
 
-    #[test]
-    fn invalid_updates_are_nacked_whole_and_the_last_good_config_stays() {
+    #[tokio::test]
+    async fn invalid_updates_are_nacked_whole_and_the_last_good_config_stays() {
         let (mut sub, state) = subscription();
-        sub.handle(response("1", "n1", &[("main", routes(&["a"]))]));
+        sub.handle(response("1", "n1", &[("main", routes(&["a"]))]))
+            .await;
         let unknown_policy = json!({"version": "v1", "routes": [
             {"route": "b", "policies": []},
             {"route": "c", "policies": [{"name": "nope", "version": "1.0.0"}]}
@@ -336,7 +361,7 @@ mod tests {
         ];
         for (response, expected) in cases.into_iter().zip(expected) {
             let nonce = response.nonce.clone();
-            let (nack, update) = sub.handle(response);
+            let (nack, update) = sub.handle(response).await;
             let Update::Rejected { report, .. } = update else {
                 panic!("rejected: {update:?}")
             };
@@ -355,13 +380,15 @@ mod tests {
         assert_eq!(sub.applied_version(), "1");
     }
 
-    #[test]
-    fn other_types_are_ignored_and_long_reports_truncated() {
+    #[tokio::test]
+    async fn other_types_are_ignored_and_long_reports_truncated() {
         let (mut sub, _) = subscription();
-        let (answer, update) = sub.handle(DiscoveryResponse {
-            type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
-            ..DiscoveryResponse::default()
-        });
+        let (answer, update) = sub
+            .handle(DiscoveryResponse {
+                type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+                ..DiscoveryResponse::default()
+            })
+            .await;
         assert!(answer.is_none());
         assert!(matches!(update, Update::Ignored { .. }));
         let long = "é".repeat(MAX_ERROR_DETAIL_BYTES);

@@ -296,6 +296,69 @@ pub mod undeclared {
     );
 }
 
+/// Counts the requests it saw and how often it was started, in `x-count` / `x-started` request
+/// headers: state that shows whether a reload kept the instance. `shared-counter` is the same
+/// policy declared safe to share across routes.
+pub mod counter {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[derive(Deserialize)]
+    pub struct Params {
+        #[allow(dead_code, reason = "only tells instances apart")]
+        pub tag: String,
+    }
+
+    #[derive(Default)]
+    pub struct Counter<const SHARED: bool> {
+        seen: AtomicU64,
+        started: AtomicU64,
+    }
+
+    impl<const SHARED: bool> Policy for Counter<SHARED> {
+        type Params = Params;
+        const SHARED_ACROSS_ROUTES: bool = SHARED;
+        fn new(_: Params) -> Result<Self, PolicyError> {
+            Ok(Counter::default())
+        }
+        fn start(&self) {
+            self.started.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    impl<const SHARED: bool> RequestPolicy for Counter<SHARED> {
+        fn on_request<'a>(&'a self, _: &'a mut RequestContext) -> Outcome<'a, RequestAction> {
+            let seen = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
+            let started = self.started.load(Ordering::Relaxed);
+            Outcome::ready(
+                UpstreamRequestMods::new()
+                    .set_header("x-count", seen.to_string())
+                    .set_header("x-started", started.to_string()),
+            )
+        }
+    }
+
+    pub mod own {
+        use super::*;
+        policy_sdk::export_policy!(
+            Counter<false>,
+            phases = [request],
+            definition = "name: counter\nversion: 1.0.0\ndescription: test\nphases: [request]\n\
+                          parameters: {type: object, required: [tag], properties: {tag: {type: string}}}\n"
+        );
+    }
+
+    pub mod shared {
+        use super::*;
+        policy_sdk::export_policy!(
+            Counter<true>,
+            phases = [request],
+            definition = "name: shared-counter\nversion: 1.0.0\ndescription: test\nphases: [request]\n\
+                          parameters: {type: object, required: [tag], properties: {tag: {type: string}}}\n"
+        );
+    }
+}
+
 /// A registry with every test policy.
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
@@ -308,6 +371,8 @@ pub fn registry() -> Registry {
         limits::v1::policy_export(),
         limits::v2::policy_export(),
         undeclared::policy_export(),
+        counter::own::policy_export(),
+        counter::shared::policy_export(),
     ] {
         registry.register(export).expect("test policies register");
     }

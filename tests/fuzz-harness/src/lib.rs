@@ -105,7 +105,7 @@ fn stream_service() -> &'static ExtProc {
     SERVICE.get_or_init(|| {
         let state = EngineState::new();
         match policy_runtime::load(STREAM_ROUTES, "fuzz", registry()) {
-            Ok(snapshot) => state.install(snapshot),
+            Ok(snapshot) => drop(state.install(snapshot)),
             Err(error) => panic!("the stream target's routes load: {error}"),
         }
         let options = ServerOptions {

@@ -77,6 +77,8 @@ impl std::fmt::Debug for ApiKeyValidation {
 
 impl Policy for ApiKeyValidation {
     type Params = Params;
+    /// No state of its own: routes with equal parameters share one instance.
+    const SHARED_ACROSS_ROUTES: bool = true;
 
     fn new(p: Params) -> Result<Self, PolicyError> {
         let mut keys = HashMap::with_capacity(p.keys.len());

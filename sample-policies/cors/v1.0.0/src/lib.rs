@@ -64,6 +64,8 @@ pub struct Cors {
 
 impl Policy for Cors {
     type Params = Params;
+    /// No state of its own: routes with equal parameters share one instance.
+    const SHARED_ACROSS_ROUTES: bool = true;
 
     fn new(p: Params) -> Result<Self, PolicyError> {
         let any_origin = p.allow_origins.iter().any(|o| o == "*");

@@ -81,6 +81,8 @@ fn check(direction: &str, edits: &Edits) -> Result<(), PolicyError> {
 
 impl Policy for JsonBodyTransform {
     type Params = Params;
+    /// No state of its own: routes with equal parameters share one instance.
+    const SHARED_ACROSS_ROUTES: bool = true;
 
     fn new(p: Params) -> Result<Self, PolicyError> {
         if let Some(edits) = &p.request {

@@ -149,21 +149,42 @@ impl Jwks {
         })
     }
 
-    /// Keys fetched from `url`; the first fetch starts now, in the background.
+    /// Keys fetched from `url`: the process-wide cache for this URL and these settings (see
+    /// [`policy_sdk::shared_resource`]), so instances built for changed parameters keep the keys
+    /// already fetched. Nothing is fetched here; [`Jwks::prefetch`] or the first lookup does.
     pub fn remote(url: String, settings: CacheSettings) -> Arc<Jwks> {
-        let jwks = Arc::new(Jwks {
+        let key = format!("{url} {settings:?}");
+        policy_sdk::shared_resource(&key, || Jwks {
             url: Some(url),
             settings,
             state: Mutex::new(State::default()),
-        });
-        let prefetch = Arc::clone(&jwks);
-        std::thread::spawn(move || {
-            if prefetch.begin_fetch(true).is_some() {
-                let result = fetch_blocking(prefetch.url(), prefetch.settings.timeout);
-                prefetch.finish_fetch(result);
+        })
+    }
+
+    /// Starts the first fetch in the background, unless one was made or is in flight (or the
+    /// keys are inline).
+    pub fn prefetch(self: &Arc<Self>) {
+        if self.url.is_none() {
+            return;
+        }
+        {
+            let mut state = self.lock();
+            if state.last_attempt.is_some() || state.waiters.is_some() {
+                return;
             }
+            state.last_attempt = Some(Instant::now());
+            state.waiters = Some(Vec::new());
+        }
+        self.spawn_fetch();
+    }
+
+    /// Fetches on a thread of its own, which stores the result and wakes the waiters.
+    fn spawn_fetch(self: &Arc<Self>) {
+        let jwks = Arc::clone(self);
+        std::thread::spawn(move || {
+            let result = fetch_blocking(jwks.url(), jwks.settings.timeout);
+            jwks.finish_fetch(result);
         });
-        jwks
     }
 
     fn url(&self) -> &str {
@@ -239,11 +260,7 @@ impl Jwks {
                     let _ = rx.await;
                 }
                 Next::Fetch(rx) => {
-                    let jwks = Arc::clone(self);
-                    std::thread::spawn(move || {
-                        let result = fetch_blocking(jwks.url(), jwks.settings.timeout);
-                        jwks.finish_fetch(result);
-                    });
+                    self.spawn_fetch();
                     let _ = rx.await;
                 }
             }
@@ -265,23 +282,6 @@ impl Jwks {
                     .unwrap_or_else(|| "the JWKS has not been fetched yet".into()),
             ),
         }
-    }
-
-    /// Marks a fetch as started when none is in flight (`force` ignores the refresh interval).
-    fn begin_fetch(&self, force: bool) -> Option<()> {
-        let mut state = self.lock();
-        if state.waiters.is_some() {
-            return None;
-        }
-        let now = Instant::now();
-        let allowed = force
-            || state.last_attempt.is_none_or(|t| {
-                now.saturating_duration_since(t) >= self.settings.min_refresh_interval
-            });
-        allowed.then(|| {
-            state.last_attempt = Some(now);
-            state.waiters = Some(Vec::new());
-        })
     }
 
     /// Stores a fetch's result (keeping the old keys when it failed) and wakes the waiters.

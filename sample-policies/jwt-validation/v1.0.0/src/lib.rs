@@ -260,6 +260,12 @@ impl Provider {
         })
     }
 
+    /// Starts fetching the keys in the background, if they come from a URL and no fetch was
+    /// made yet (the policy's start hook).
+    pub fn start(&self) {
+        self.keys.prefetch();
+    }
+
     /// Checks `token`: algorithm, signature, `iss`, `aud`, `exp`, `nbf`. Returns the claims.
     pub async fn verify(&self, token: &str) -> Result<Value, Rejection> {
         let header = jsonwebtoken::decode_header(token)
@@ -349,6 +355,8 @@ pub struct JwtValidation {
 
 impl Policy for JwtValidation {
     type Params = Params;
+    /// Its only state is the key cache, which is per JWKS URL anyway.
+    const SHARED_ACROSS_ROUTES: bool = true;
 
     fn new(p: Params) -> Result<Self, PolicyError> {
         Ok(JwtValidation {
@@ -364,6 +372,10 @@ impl Policy for JwtValidation {
             header: p.token_header.to_ascii_lowercase(),
             scheme: p.token_scheme,
         })
+    }
+
+    fn start(&self) {
+        self.provider.start();
     }
 }
 

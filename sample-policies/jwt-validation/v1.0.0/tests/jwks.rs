@@ -174,3 +174,38 @@ fn symmetric_keys_are_ignored_and_a_keys_alg_is_honoured() {
     assert!(keys.get(Some("k1"), Algorithm::RS384).is_none());
     assert!(keys.get(Some("k1"), Algorithm::PS256).is_none());
 }
+
+#[test]
+fn start_prefetches_once_and_a_changed_instance_keeps_the_fetched_keys() {
+    use policy_sdk::Policy;
+
+    let server = JwksServer::start(json!({"keys": [jwk("rsa", "k1")]}));
+    let first = policy(&server, json!({}));
+    first.start();
+    // The prefetch runs on its own thread: wait for it to land, then the token needs no fetch.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.fetches() == 0 {
+        assert!(std::time::Instant::now() < deadline, "start never fetched");
+        std::thread::yield_now();
+    }
+    let good = token("rsa", "k1", &claims(json!({})));
+    assert!(expect_continue(run(&first, &good)).is_empty());
+    first.start();
+    assert_eq!(
+        server.fetches(),
+        1,
+        "one prefetch, and a second start fetches nothing"
+    );
+
+    // A reload changes the accepted audiences: a new instance, built while the old one still
+    // serves, finds the same URL's cache, so it accepts tokens with the endpoint down.
+    server.down.store(true, Ordering::SeqCst);
+    let changed: JwtValidation = testkit::new_policy(json!({
+        "issuer": ISSUER, "audiences": [AUDIENCE, "billing"], "jwksUrl": server.url,
+    }))
+    .expect("valid params");
+    changed.start();
+    drop(first);
+    assert!(expect_continue(run(&changed, &good)).is_empty());
+    assert_eq!(server.fetches(), 1, "the keys came from the shared cache");
+}

@@ -86,6 +86,8 @@ pub struct JwtValidation {
 
 impl Policy for JwtValidation {
     type Params = Params;
+    /// Its only state is the key caches, which are per JWKS URL anyway.
+    const SHARED_ACROSS_ROUTES: bool = true;
 
     fn new(p: Params) -> Result<Self, PolicyError> {
         let mut providers: Vec<Provider> = Vec::with_capacity(p.issuers.len());
@@ -135,6 +137,10 @@ impl Policy for JwtValidation {
             scopes: p.required_scopes,
             claims_to_headers,
         })
+    }
+
+    fn start(&self) {
+        self.providers.iter().for_each(Provider::start);
     }
 }
 

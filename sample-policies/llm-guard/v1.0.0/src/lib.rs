@@ -140,6 +140,8 @@ fn compile(at: String, pattern: &str) -> Result<Regex, PolicyError> {
 
 impl Policy for LlmGuard {
     type Params = Params;
+    /// No state of its own: routes with equal parameters share one instance.
+    const SHARED_ACROSS_ROUTES: bool = true;
 
     fn new(p: Params) -> Result<Self, PolicyError> {
         let mut rules = Vec::new();

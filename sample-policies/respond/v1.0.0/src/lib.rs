@@ -39,6 +39,8 @@ pub struct Respond(ImmediateResponse);
 
 impl Policy for Respond {
     type Params = Params;
+    /// No state of its own: routes with equal parameters share one instance.
+    const SHARED_ACROSS_ROUTES: bool = true;
 
     fn new(p: Params) -> Result<Self, PolicyError> {
         if !(200..=599).contains(&p.status) {

@@ -90,6 +90,8 @@ pub struct SecurityHeaders {
 
 impl Policy for SecurityHeaders {
     type Params = Params;
+    /// No state of its own: routes with equal parameters share one instance.
+    const SHARED_ACROSS_ROUTES: bool = true;
 
     fn new(p: Params) -> Result<Self, PolicyError> {
         let mut headers = Vec::new();

@@ -83,6 +83,8 @@ fn check_names(field: &str, edits: &Edits) -> Result<(), PolicyError> {
 
 impl Policy for SetHeader {
     type Params = Params;
+    /// No state of its own: routes with equal parameters share one instance.
+    const SHARED_ACROSS_ROUTES: bool = true;
 
     fn new(params: Params) -> Result<Self, PolicyError> {
         check_names("request", &params.request)?;
