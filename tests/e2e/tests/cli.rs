@@ -170,3 +170,24 @@ fn the_configuration_source_is_chosen_explicitly() {
         "{no_scheme:?}"
     );
 }
+
+#[test]
+fn validate_makes_no_network_call_for_a_jwks_url() {
+    // A port that takes connections: any attempt to fetch the keys would be queued here.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let config = scratch_file(
+        "jwks-url.yaml",
+        &format!(
+            "version: v1\nroutes:\n  - route: a\n    policies:\n      - {{name: jwt-validation, version: 1.0.0, params: {{issuer: i, audiences: [a], jwksUrl: \"http://127.0.0.1:{port}/jwks.json\"}}}}\n      - {{name: jwt-validation, version: 2.0.0, params: {{issuers: [{{issuer: j, audiences: [a], jwksUrl: \"https://idp.invalid/jwks.json\"}}]}}}}\n"
+        ),
+    );
+    let out = engine(&["validate", config.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 routes)"));
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("validate connected to the JWKS URL: {other:?}"),
+    }
+}

@@ -209,6 +209,23 @@ impl Stack {
         std::fs::rename(&staged, self.config_path()).expect("swap the config");
     }
 
+    /// Replaces the route configuration file and waits until the engine serves it (its
+    /// `/config` version changes); panics when it does not within `timeout`.
+    pub fn apply_config(&self, config: &str, timeout: Duration) {
+        let version = || self.admin(Request::get("/config")).json()["version"].clone();
+        let before = version();
+        self.write_config(config);
+        let deadline = Instant::now() + timeout;
+        while version() == before {
+            assert!(
+                Instant::now() < deadline,
+                "the engine never applied the new configuration; its log:\n{}",
+                self.engine_logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The route configuration file the engine watches.
     pub fn config_path(&self) -> PathBuf {
         self.scratch.path("routes.yaml")

@@ -1,0 +1,186 @@
+//! Reloads through a real Envoy: what a configuration change did not touch keeps its state, and
+//! a large document is compiled without stalling traffic.
+
+#[path = "../../../sample-policies/jwt-validation/v1.0.0/tests/support/mod.rs"]
+mod jwt;
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use support::{Request, Stack};
+
+const APPLY: Duration = Duration::from_secs(60);
+
+fn limited(burst: u32, other: &str) -> String {
+    format!(
+        "version: v1\nroutes:\n  - route: public\n    policies:\n      - {{name: rate-limit, version: 1.0.0, params: {{requestsPerSecond: 0.01, burst: {burst}}}}}\n  - route: private\n    policies:\n      - {{name: set-header, version: 1.0.0, params: {{request: {{set: {{x-other: \"{other}\"}}}}}}}}\n"
+    )
+}
+
+#[test]
+fn a_drained_rate_limit_stays_drained_when_another_route_changes() {
+    let stack = Stack::start(&limited(2, "1"));
+    for _ in 0..2 {
+        assert_eq!(stack.send(Request::get("/public/a")).status, 200);
+    }
+    assert_eq!(stack.send(Request::get("/public/a")).status, 429);
+
+    stack.apply_config(&limited(2, "2"), APPLY);
+    assert_eq!(
+        stack.upstream.received().len(),
+        2,
+        "nothing passed in between"
+    );
+    assert_eq!(stack.send(Request::get("/private/a")).status, 200);
+    assert_eq!(
+        stack.upstream.last().header("x-other").as_deref(),
+        Some("2"),
+        "the new document is the one serving"
+    );
+    let reply = stack.send(Request::get("/public/a"));
+    assert_eq!(
+        reply.status,
+        429,
+        "the bucket was kept, not refilled: {}",
+        reply.text()
+    );
+
+    // Its own parameters change: a new instance, a full bucket.
+    stack.apply_config(&limited(3, "2"), APPLY);
+    for _ in 0..3 {
+        assert_eq!(stack.send(Request::get("/public/a")).status, 200);
+    }
+    assert_eq!(stack.send(Request::get("/public/a")).status, 429);
+}
+
+fn jwt_config(server: &jwt::JwksServer, audiences: &str, other: &str) -> String {
+    format!(
+        "version: v1\nroutes:\n  - route: private\n    policies:\n      - {{name: jwt-validation, version: 1.0.0, params: {{issuer: \"{}\", audiences: [{audiences}], jwksUrl: \"{}\"}}}}\n  - route: public\n    policies:\n      - {{name: set-header, version: 1.0.0, params: {{request: {{set: {{x-other: \"{other}\"}}}}}}}}\n",
+        jwt::ISSUER,
+        server.url
+    )
+}
+
+#[test]
+fn a_jwt_route_keeps_accepting_tokens_across_reloads_while_the_jwks_endpoint_is_down() {
+    let server = jwt::JwksServer::start(serde_json::json!({"keys": [jwt::jwk("rsa", "rsa-1")]}));
+    let stack = Stack::start(&jwt_config(&server, jwt::AUDIENCE, "1"));
+    let token = jwt::token(
+        "rsa",
+        "rsa-1",
+        &jwt::claims(serde_json::json!({"sub": "bob"})),
+    );
+    let bearer = format!("Bearer {token}");
+    let call = || stack.send(Request::get("/private/orders").header("authorization", &bearer));
+    assert_eq!(call().status, 200);
+    assert_eq!(server.fetches(), 1, "the start hook's prefetch, waited for");
+
+    server.down.store(true, Ordering::SeqCst);
+    // Another route changes: the jwt instance is kept, keys and all.
+    stack.apply_config(&jwt_config(&server, jwt::AUDIENCE, "2"), APPLY);
+    let reply = call();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    // Its own audiences change: a new instance, which finds the keys in the shared cache.
+    let audiences = format!("{}, billing", jwt::AUDIENCE);
+    stack.apply_config(&jwt_config(&server, &audiences, "2"), APPLY);
+    let reply = call();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let billing = jwt::token(
+        "rsa",
+        "rsa-1",
+        &jwt::claims(serde_json::json!({"aud": "billing"})),
+    );
+    let reply = stack.send(
+        Request::get("/private/orders").header("authorization", &format!("Bearer {billing}")),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "the new audience is in force: {}",
+        reply.text()
+    );
+    assert_eq!(server.fetches(), 1, "no fetch was needed");
+}
+
+fn generated(routes: usize, generation: u32) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/gen-routes.sh");
+    let out = std::process::Command::new(script)
+        .args([routes.to_string(), generation.to_string()])
+        .output()
+        .expect("run scripts/gen-routes.sh");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+#[test]
+fn applying_five_thousand_routes_under_load_fails_no_request() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+
+    let stack = Arc::new(Stack::start(&generated(0, 1)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let results = Arc::new(Mutex::new(Vec::<(u16, Option<String>)>::new()));
+    let traffic: Vec<_> = (0..4)
+        .map(|_| {
+            let (stack, stop, results) =
+                (Arc::clone(&stack), Arc::clone(&stop), Arc::clone(&results));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let reply = stack.send(Request::get("/public/tick"));
+                    let config = (reply.status == 200)
+                        .then(|| {
+                            reply.json()["headers"]["x-config"]
+                                .as_str()
+                                .map(str::to_owned)
+                        })
+                        .flatten();
+                    results
+                        .lock()
+                        .expect("results")
+                        .push((reply.status, config));
+                }
+            })
+        })
+        .collect();
+    let served = || results.lock().expect("results").len();
+    let wait_for_requests = |n: usize| {
+        let until = served() + n;
+        while served() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    wait_for_requests(50);
+    // 5,000 routes in, then every one of their entries changed.
+    stack.apply_config(&generated(5000, 2), APPLY);
+    wait_for_requests(50);
+    stack.apply_config(&generated(5000, 3), APPLY);
+    wait_for_requests(50);
+    stop.store(true, Ordering::Relaxed);
+    for thread in traffic {
+        thread.join().expect("a traffic thread panicked");
+    }
+
+    let results = results.lock().expect("results");
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(status, _)| *status != 200)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the reloads: {:?}",
+        failed.len(),
+        results.len(),
+        &failed[..failed.len().min(10)]
+    );
+    assert_eq!(
+        results.last().and_then(|(_, v)| v.as_deref()),
+        Some("3"),
+        "the last document serves"
+    );
+    let routes = stack.admin(Request::get("/config")).json()["document"]["routes"]
+        .as_array()
+        .map(Vec::len);
+    assert_eq!(routes, Some(5001));
+}
