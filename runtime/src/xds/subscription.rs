@@ -102,7 +102,7 @@ impl Subscription {
     }
 
     /// Handles one response: the answer to send (none for another type) and what happened.
-    /// Decoding and compiling run on a blocking thread, off the threads serving requests.
+    /// Decoding and compiling run on a background thread, off the threads serving requests.
     pub async fn handle(
         &mut self,
         response: DiscoveryResponse,
@@ -126,12 +126,11 @@ impl Subscription {
             Arc::clone(&self.registry),
             Arc::clone(&self.state),
         );
-        let applied =
-            tokio::task::spawn_blocking(move || apply(&resource, &response, &registry, &state))
-                .await
-                .unwrap_or_else(|panic| {
-                    Err(format!("compiling the configuration panicked: {panic}"))
-                });
+        let applied = crate::background::run("config-compile", move || {
+            apply(&resource, &response, &registry, &state)
+        })
+        .await
+        .unwrap_or_else(|panic| Err(format!("compiling the configuration failed: {panic}")));
         match applied {
             Ok(()) => {
                 self.applied_version = version.clone();

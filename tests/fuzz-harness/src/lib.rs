@@ -12,14 +12,15 @@ use prost::Message;
 use std::path::Path;
 use std::sync::OnceLock;
 
-/// The sample policies that do no I/O when built (jwt-validation fetches keys from its
-/// constructor: left out until constructors are I/O-free).
+/// Every sample policy (constructors do no I/O, so building one from any input is safe).
 pub fn sample_registry() -> Registry {
     let mut registry = Registry::new();
     for export in [
         api_key_validation::policy_export(),
         cors::policy_export(),
         json_body_transform::policy_export(),
+        jwt_validation::policy_export(),
+        jwt_validation_v2::policy_export(),
         llm_guard::policy_export(),
         rate_limit::policy_export(),
         respond::policy_export(),
