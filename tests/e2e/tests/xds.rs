@@ -192,3 +192,30 @@ fn the_engine_waits_for_its_first_config_and_rides_out_a_control_plane_restart()
     let seen = traffic.stop();
     assert_all_served_in_order(&seen, &["a", "b"]);
 }
+
+#[test]
+fn a_push_that_changes_another_route_keeps_a_drained_rate_limit() {
+    let document = |tag: &str| {
+        format!(
+            "{}  - route: private\n    policies:\n      - {{name: rate-limit, version: 1.0.0, params: {{requestsPerSecond: 0.01, burst: 1}}}}\n",
+            chain(tag)
+        )
+    };
+    let plane = ControlPlane::start(free_port());
+    plane.write("edge", &document("a"));
+    let stack = start_engine(&plane);
+    wait_for_chain(&stack, "a");
+    assert_eq!(stack.send(Request::get("/private/x")).status, 200);
+    assert_eq!(stack.send(Request::get("/private/x")).status, 429);
+
+    // The control plane re-sends the whole document for a change to `public` only.
+    plane.write("edge", &document("b"));
+    wait_for_chain(&stack, "b");
+    let reply = stack.send(Request::get("/private/x"));
+    assert_eq!(
+        reply.status,
+        429,
+        "the bucket was kept: {}",
+        reply.text()
+    );
+}
