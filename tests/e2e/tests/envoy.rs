@@ -3,6 +3,7 @@
 
 mod support;
 
+use support::traffic::Traffic;
 use support::{Request, Stack};
 
 #[test]
@@ -337,53 +338,19 @@ fn versioned(version: &str) -> String {
 
 #[test]
 fn hot_reload_under_traffic_loses_no_request_and_keeps_the_last_good_chain() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    let stack = Arc::new(Stack::start(&versioned("1")));
-    let stop = Arc::new(AtomicBool::new(false));
-    let results = Arc::new(Mutex::new(Vec::<(u16, Option<String>)>::new()));
-    let traffic: Vec<_> = (0..2)
-        .map(|_| {
-            let (stack, stop, results) =
-                (Arc::clone(&stack), Arc::clone(&stop), Arc::clone(&results));
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let reply = stack.send(Request::get("/public/tick"));
-                    let echo = reply.json();
-                    let config = echo["headers"]["x-config"].as_str().map(str::to_owned);
-                    results
-                        .lock()
-                        .expect("results")
-                        .push((reply.status, config));
-                }
-            })
-        })
-        .collect();
-    let seen = |version: &str| {
-        results
-            .lock()
-            .expect("results")
-            .iter()
-            .any(|(_, v)| v.as_deref() == Some(version))
-    };
-
-    wait_until(|| seen("1"));
+    let stack = Stack::start(&versioned("1"));
+    let traffic = Traffic::start(stack.port, "/public/tick", 2);
+    traffic.wait_for_config("1");
     stack.write_config(&versioned("2"));
-    wait_until(|| seen("2"));
-    let switched_at = results.lock().expect("results").len();
+    traffic.wait_for_config("2");
+    let switched_at = traffic.seen().len();
 
     // An invalid document: the parameter must be a string.
     stack.write_config(&versioned("2").replace("\"2\"", "[2]"));
     let logs = stack.wait_for_log("configuration rejected", std::time::Duration::from_secs(5));
-    let until = results.lock().expect("results").len() + 20;
-    wait_until(|| results.lock().expect("results").len() >= until);
-    stop.store(true, Ordering::Relaxed);
-    for thread in traffic {
-        thread.join().expect("a traffic thread panicked");
-    }
+    traffic.wait_for(20);
+    let results = traffic.stop();
 
-    let results = results.lock().expect("results");
     assert!(
         results.iter().all(|(status, _)| *status == 200),
         "every request during the reloads succeeded: {results:?}"

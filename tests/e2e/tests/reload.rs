@@ -7,6 +7,7 @@ mod support;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use support::traffic::Traffic;
 use support::{Request, Stack};
 
 const APPLY: Duration = Duration::from_secs(60);
@@ -118,54 +119,16 @@ fn generated(routes: usize, generation: u32) -> String {
 
 #[test]
 fn applying_five_thousand_routes_under_load_fails_no_request() {
-    use std::sync::atomic::AtomicBool;
-    use std::sync::{Arc, Mutex};
-
-    let stack = Arc::new(Stack::start(&generated(0, 1)));
-    let stop = Arc::new(AtomicBool::new(false));
-    let results = Arc::new(Mutex::new(Vec::<(u16, Option<String>)>::new()));
-    let traffic: Vec<_> = (0..4)
-        .map(|_| {
-            let (stack, stop, results) =
-                (Arc::clone(&stack), Arc::clone(&stop), Arc::clone(&results));
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let reply = stack.send(Request::get("/public/tick"));
-                    let config = (reply.status == 200)
-                        .then(|| {
-                            reply.json()["headers"]["x-config"]
-                                .as_str()
-                                .map(str::to_owned)
-                        })
-                        .flatten();
-                    results
-                        .lock()
-                        .expect("results")
-                        .push((reply.status, config));
-                }
-            })
-        })
-        .collect();
-    let served = || results.lock().expect("results").len();
-    let wait_for_requests = |n: usize| {
-        let until = served() + n;
-        while served() < until {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-
-    wait_for_requests(50);
+    let stack = Stack::start(&generated(0, 1));
+    let traffic = Traffic::start(stack.port, "/public/tick", 4);
+    traffic.wait_for(50);
     // 5,000 routes in, then every one of their entries changed.
     stack.apply_config(&generated(5000, 2), APPLY_LARGE);
-    wait_for_requests(50);
+    traffic.wait_for(50);
     stack.apply_config(&generated(5000, 3), APPLY_LARGE);
-    wait_for_requests(50);
-    stop.store(true, Ordering::Relaxed);
-    for thread in traffic {
-        thread.join().expect("a traffic thread panicked");
-    }
+    traffic.wait_for(50);
+    let results = traffic.stop();
 
-    let results = results.lock().expect("results");
     let failed: Vec<_> = results
         .iter()
         .filter(|(status, _)| *status != 200)

@@ -212,10 +212,5 @@ fn a_push_that_changes_another_route_keeps_a_drained_rate_limit() {
     plane.write("edge", &document("b"));
     wait_for_chain(&stack, "b");
     let reply = stack.send(Request::get("/private/x"));
-    assert_eq!(
-        reply.status,
-        429,
-        "the bucket was kept: {}",
-        reply.text()
-    );
+    assert_eq!(reply.status, 429, "the bucket was kept: {}", reply.text());
 }

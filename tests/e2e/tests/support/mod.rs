@@ -5,6 +5,7 @@
 
 pub mod control_plane;
 pub mod http;
+pub mod traffic;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
