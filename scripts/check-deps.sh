@@ -1,13 +1,29 @@
 #!/usr/bin/env bash
-# The SDK is the contract policy authors depend on: it must not pull in gRPC or an async runtime.
-# Fails when `cargo tree -p policy-sdk` shows tonic, prost, tokio or envoy-types.
+# Dependency rules, checked with `cargo tree` (normal edges):
+# - policy-sdk is the contract policy authors depend on, and policy-definition is what the builder
+#   reads policy crates with: neither pulls in gRPC, HTTP or an async runtime;
+# - the engine's core (policy-runtime without its `server` feature) has no gRPC or HTTP stack;
+# - policy-builder checks and generates crates: it does not compile the engine's CEL, executor or
+#   async runtime;
+# - policy-control-plane serves the xDS resource type: it does not compile the engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-banned='^(tonic|prost|prost-types|tokio|envoy-types|hyper|h2) '
-found=$(cargo tree -p policy-sdk --edges normal --prefix none --locked | sort -u | grep -E "$banned" || true)
-if [ -n "$found" ]; then
-  echo "policy-sdk depends on crates it must not use:" >&2
-  echo "$found" >&2
-  exit 1
-fi
-echo "policy-sdk: no gRPC or async-runtime dependencies"
+status=0
+check() { # PACKAGE BANNED_REGEX WHAT [CARGO_TREE_ARGS...]
+  local found
+  found=$(cargo tree -p "$1" "${@:4}" --edges normal --prefix none --locked | sort -u | grep -E "$2" || true)
+  if [ -n "$found" ]; then
+    echo "$1 depends on crates it must not use ($3):" >&2
+    echo "$found" >&2
+    status=1
+  else
+    echo "$1: $3"
+  fi
+}
+network='^(tonic|prost|prost-types|tokio|envoy-types|hyper|h2|axum|tower) '
+check policy-sdk "$network" "no gRPC, HTTP or async-runtime dependencies"
+check policy-definition "$network" "no gRPC, HTTP or async-runtime dependencies"
+check policy-runtime '^(tonic|prost|prost-types|envoy-types|hyper|h2|axum|tower) ' "the core (no server feature): no gRPC or HTTP" --no-default-features
+check policy-builder '^(cel|tokio|tonic|prost|envoy-types|axum|policy-runtime) ' "no CEL, engine or async runtime"
+check policy-control-plane '^(policy-runtime|cel|jsonschema) ' "the xDS resource type, not the engine"
+exit "$status"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every check and test of the project: formatting, lints, the SDK's dependency rule, unit,
+# Runs every check and test of the project: formatting, lints, the dependency rules, unit,
 # integration, doc and end-to-end tests (through a real Envoy 1.36.2, installed into .venv on
 # first use). Usage: scripts/test.sh
 set -euo pipefail
@@ -13,7 +13,7 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "dependency rule: policy-sdk and the runtime core use no gRPC"
+step "dependency rules: the SDK, definitions and core use no gRPC; the builder no engine"
 scripts/check-deps.sh
 
 step "doc tests"

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use policy_runtime::xds::TYPE_URL;
+use policy_xds_types::TYPE_URL;
 use sha2::{Digest, Sha256};
 use std::pin::Pin;
 use std::sync::Arc;

@@ -2,8 +2,8 @@
 
 use crate::events::{Event, EventSink};
 use envoy_types::pb::google::protobuf::Any;
-use policy_runtime::config::MAX_DOCUMENT_BYTES;
-use policy_runtime::xds::PolicyChainConfig;
+use policy_xds_types::MAX_DOCUMENT_BYTES;
+use policy_xds_types::PolicyChainConfig;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! Only GET (and HEAD) are served; other methods get 405 with `Allow`.
 
 use crate::Registry;
-use crate::server::EngineState;
+use crate::state::EngineState;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};

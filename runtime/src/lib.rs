@@ -3,7 +3,8 @@
 pub mod chain;
 pub mod condition;
 pub mod config;
-pub mod definition;
+/// Policy definitions (the `policy-definition` crate).
+pub use policy_definition as definition;
 pub mod error_id;
 pub mod metrics;
 pub mod registry;
@@ -24,6 +25,8 @@ pub mod cli;
 pub mod reload;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod state;
 #[cfg(feature = "server")]
 pub mod xds;
 #[cfg(feature = "server")]

@@ -2,7 +2,7 @@
 //! Kubernetes ConfigMap symlink swaps work) or on SIGHUP, and keep the last good one when a new
 //! version is invalid.
 
-use crate::server::EngineState;
+use crate::state::EngineState;
 use crate::{Registry, load_keeping};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};

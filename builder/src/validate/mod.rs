@@ -5,7 +5,7 @@ mod source;
 
 use crate::manifest::{Entry, hex};
 use crate::report::{Failure, Problem, Stage, line_of};
-use policy_runtime::definition::{DefinitionError, Phase, PolicyDefinition};
+use policy_definition::{DefinitionError, Phase, PolicyDefinition};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -138,7 +138,7 @@ fn check_definition(
             return None;
         }
     };
-    let schema_fix = "see runtime/schema/policy-definition.schema.json for the format";
+    let schema_fix = "see definition/schema/policy-definition.schema.json for the format";
     let definition = match PolicyDefinition::from_yaml(&text) {
         Ok(d) => d,
         Err(DefinitionError::Invalid(found)) => {

@@ -3,7 +3,7 @@
 
 use super::trait_of;
 use crate::report::Problem;
-use policy_runtime::definition::Phase;
+use policy_definition::Phase;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use syn::punctuated::Punctuated;

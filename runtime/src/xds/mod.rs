@@ -8,10 +8,12 @@
 
 mod backoff;
 mod client;
-mod resource;
 mod subscription;
 
 pub use backoff::Backoff;
 pub use client::{XdsError, XdsOptions, XdsTls, run};
-pub use resource::{PolicyChainConfig, ResourceError, TYPE_URL};
+pub use policy_xds_types::{PolicyChainConfig, ResourceError, TYPE_URL};
+
+// What a control plane is told it may serve is what the engine accepts.
+const _: () = assert!(policy_xds_types::MAX_DOCUMENT_BYTES == crate::config::MAX_DOCUMENT_BYTES);
 pub use subscription::{NodeIdentity, Subscription, Update};

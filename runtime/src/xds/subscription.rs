@@ -2,13 +2,13 @@
 //! to answer each `DiscoveryResponse` (apply whole and ACK, or keep the last good config and
 //! NACK). No transport here; [`super::client`] moves the messages.
 
-use super::resource::{PolicyChainConfig, TYPE_URL};
-use crate::server::EngineState;
+use crate::state::EngineState;
 use crate::{Registry, load_value};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status;
+use policy_xds_types::{PolicyChainConfig, TYPE_URL};
 use std::sync::Arc;
 
 /// `google.rpc.Code.INVALID_ARGUMENT`, the code of a NACK's `error_detail`.

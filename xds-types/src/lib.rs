@@ -1,5 +1,6 @@
 //! The policy-chain resource: a route configuration document as an xDS resource
-//! (`proto/policy_engine/config/v1/policy_chain.proto`).
+//! (`proto/policy_engine/config/v1/policy_chain.proto`), shared by the engine's xDS client and
+//! the reference control plane.
 
 use envoy_types::pb::envoy::service::discovery::v3::Resource;
 use envoy_types::pb::google::protobuf::value::Kind;
@@ -11,6 +12,10 @@ use serde_json::Value as Json;
 pub const TYPE_URL: &str = "type.googleapis.com/policy_engine.config.v1.PolicyChainConfig";
 
 const RESOURCE_WRAPPER_URL: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
+
+/// The largest route configuration document the engine accepts, in bytes (its
+/// `config::MAX_DOCUMENT_BYTES`): a control plane should not serve larger ones.
+pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// Integers up to this magnitude survive the round trip through a protobuf double exactly.
 const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0; // 2^53
@@ -70,7 +75,7 @@ impl PolicyChainConfig {
         Ok(Self::decode(any.value.as_slice())?)
     }
 
-    /// The document as JSON, ready for [`crate::load_value`]. Whole numbers come back as
+    /// The document as JSON, ready for the engine's `load_value`. Whole numbers come back as
     /// integers (protobuf carries every number as a double).
     ///
     /// # Errors
@@ -275,7 +280,7 @@ mod proto_file {
     /// The published `.proto` and the Rust message must describe the same wire format.
     #[test]
     fn the_published_proto_matches_the_message() {
-        let proto = include_str!("../../../proto/policy_engine/config/v1/policy_chain.proto");
+        let proto = include_str!("../proto/policy_engine/config/v1/policy_chain.proto");
         let (package, message) = super::TYPE_URL
             .trim_start_matches("type.googleapis.com/")
             .rsplit_once('.')

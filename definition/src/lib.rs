@@ -1,4 +1,6 @@
-//! `policy-definition.yaml`: the model, the schema it must pass, and parameter checking.
+//! `policy-definition.yaml`: the model, the schema it must pass, and parameter checking. Shared
+//! by the builder (which checks policy crates) and the engine (which compiles routes against
+//! the definitions of its compiled-in policies), so both enforce the same format.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
