@@ -17,7 +17,7 @@ pub const DEFAULT_BASE_IMAGE: &str = "gcr.io/distroless/cc-debian12:nonroot";
 /// Where the engine's sources are, and how to build.
 #[derive(Debug, Clone)]
 pub struct Sources {
-    /// The engine source tree (with `runtime/`, `policy-sdk/`, `Cargo.lock`).
+    /// The engine source tree (with `core/`, `ext-proc/`, `policy-sdk/`, `Cargo.lock`).
     pub engine_dir: PathBuf,
     /// Depend on every sample policy crate, registered or not, so cargo resolves the same
     /// features as the warm cache was built with (see [`feature_pins`]).
@@ -68,7 +68,7 @@ fn feature_pins(
 pub struct BuildInfo {
     /// The builder's version.
     pub builder_version: String,
-    /// The engine's (runtime's) version.
+    /// The engine's version.
     pub engine_version: String,
     /// The manifest's file name.
     pub manifest: String,
@@ -191,10 +191,12 @@ pub fn generate(
     let mut context = context(&info);
     context.insert("policies", &views);
     context.insert("pins", &pins);
-    context.insert(
-        "runtime_path",
-        &toml_escape(&sources.engine_dir.join("runtime").display().to_string()),
-    );
+    for (key, dir) in [("core_path", "core"), ("ext_proc_path", "ext-proc")] {
+        context.insert(
+            key,
+            &toml_escape(&sources.engine_dir.join(dir).display().to_string()),
+        );
+    }
     context.insert(
         "sdk_path",
         &toml_escape(&sources.engine_dir.join("policy-sdk").display().to_string()),

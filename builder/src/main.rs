@@ -62,7 +62,7 @@ struct Common {
     /// Report format: progress lines for humans, or one JSON document on stdout.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     format: Format,
-    /// The engine source tree (with runtime/, policy-sdk/ and Cargo.lock).
+    /// The engine source tree (with core/, ext-proc/, policy-sdk/ and Cargo.lock).
     #[arg(long, global = true, env = "POLICY_ENGINE_SOURCE")]
     engine_source: Option<PathBuf>,
     /// Cargo's target directory, kept between builds so rebuilds are fast.
@@ -270,7 +270,11 @@ fn engine_source(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
             dir.display()
         )
     })?;
-    for part in ["runtime/Cargo.toml", "policy-sdk/Cargo.toml"] {
+    for part in [
+        "core/Cargo.toml",
+        "ext-proc/Cargo.toml",
+        "policy-sdk/Cargo.toml",
+    ] {
         if !dir.join(part).is_file() {
             bail!(
                 "{} is not the engine source tree (no {part}); pass --engine-source or set POLICY_ENGINE_SOURCE",

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
 
-/// Vendors the engine workspace's dependencies (the runtime, the builder's generated crate and
+/// Vendors the engine workspace's dependencies (the core and its hosts, the builder's generated crate and
 /// the sample policies) and, given a manifest, those of its policy crates outside the workspace.
 pub fn vendor(engine_dir: &Path, manifest: Option<&Path>, out: &Path) -> anyhow::Result<Value> {
     let mut extra = Vec::new();

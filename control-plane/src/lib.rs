@@ -1,5 +1,5 @@
 //! A reference xDS control plane for the policy engine: every `*.yaml`, `*.yml` or `*.json`
-//! file in a directory is a [`policy_runtime::xds::PolicyChainConfig`] resource named after the
+//! file in a directory is a [`policy_xds_types::PolicyChainConfig`] resource named after the
 //! file, served over the Aggregated Discovery Service (state of the world). A resource's version
 //! is a digest of its file, so it changes when the file does; every change is pushed to the
 //! engines subscribed to it, and their ACKs and NACKs are printed as JSON lines on stdout.

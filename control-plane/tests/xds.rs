@@ -2,9 +2,9 @@
 //! (plaintext and mutual TLS). The through-Envoy scenarios are in `tests/e2e/tests/xds.rs`.
 
 use policy_control_plane::{Event, EventSink, Options, serve};
-use policy_runtime::Registry;
-use policy_runtime::server::EngineState;
-use policy_runtime::xds::{Backoff, NodeIdentity, Subscription, XdsOptions, XdsTls, run};
+use policy_core::Registry;
+use policy_ext_proc::server::EngineState;
+use policy_ext_proc::xds::{Backoff, NodeIdentity, Subscription, XdsOptions, XdsTls, run};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 
 mod policies;
 
-use policy_runtime::Registry;
+use policy_core::Registry;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -35,5 +35,5 @@ fn main() -> ExitCode {
     }
     let build_info =
         serde_json::json!({"engine": "dev-engine", "version": env!("CARGO_PKG_VERSION")});
-    policy_runtime::run(registry, build_info)
+    policy_ext_proc::run(registry, build_info)
 }

@@ -6,8 +6,8 @@
 
 use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRequest;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Out;
-use policy_runtime::server::{EngineState, ExtProc, RouteKey, ServerOptions, replay};
-use policy_runtime::{Registry, definition::PolicyDefinition};
+use policy_core::{Registry, definition::PolicyDefinition};
+use policy_ext_proc::server::{EngineState, ExtProc, RouteKey, ServerOptions, replay};
 use prost::Message;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -44,7 +44,7 @@ pub fn route_config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(snapshot) = policy_runtime::load(text, "fuzz", registry()) {
+    if let Ok(snapshot) = policy_core::load(text, "fuzz", registry()) {
         for name in snapshot.route_names() {
             assert!(
                 snapshot.route(name).is_some(),
@@ -105,7 +105,7 @@ fn stream_service() -> &'static ExtProc {
     static SERVICE: OnceLock<ExtProc> = OnceLock::new();
     SERVICE.get_or_init(|| {
         let state = EngineState::new();
-        match policy_runtime::load(STREAM_ROUTES, "fuzz", registry()) {
+        match policy_core::load(STREAM_ROUTES, "fuzz", registry()) {
             Ok(snapshot) => drop(state.install(snapshot)),
             Err(error) => panic!("the stream target's routes load: {error}"),
         }

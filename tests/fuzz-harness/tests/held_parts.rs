@@ -4,7 +4,7 @@ use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as In;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Out;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingRequest};
-use policy_runtime::server::{EngineState, ExtProc, RouteKey, ServerOptions, replay};
+use policy_ext_proc::server::{EngineState, ExtProc, RouteKey, ServerOptions, replay};
 
 fn message(request: In) -> ProcessingRequest {
     ProcessingRequest {
@@ -17,7 +17,7 @@ fn message(request: In) -> ProcessingRequest {
 async fn empty_parts_past_the_cap_are_refused_with_413() {
     let state = EngineState::new();
     let registry = policy_fuzz_harness::sample_registry();
-    let snapshot = policy_runtime::load(policy_fuzz_harness::STREAM_ROUTES, "test", &registry)
+    let snapshot = policy_core::load(policy_fuzz_harness::STREAM_ROUTES, "test", &registry)
         .expect("the routes load");
     state.install(snapshot);
     let service = ExtProc::new(

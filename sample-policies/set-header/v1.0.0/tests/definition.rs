@@ -1,6 +1,6 @@
 //! The shipped definition registers, and its schema guards route parameters.
 
-use policy_runtime::{Registry, load};
+use policy_core::{Registry, load};
 
 fn registry() -> Registry {
     let mut registry = Registry::new();

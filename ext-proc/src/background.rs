@@ -23,7 +23,7 @@ pub async fn run<T: Send + 'static>(
         .name(name.to_owned())
         .spawn(move || {
             lower_priority();
-            let _ = done.send(crate::chain::unwind::call(work));
+            let _ = done.send(policy_core::chain::catch_panic(work));
         })
         .map_err(|e| format!("starting the {name} thread: {e}"))?;
     result

@@ -1,9 +1,9 @@
 //! A reload keeps the policy instances whose entries did not change (with their state), builds
 //! new ones for the rest, and starts each instance once, only when installed.
 
-mod support;
+use policy_test_support as support;
 
-use policy_runtime::{InstanceCounts, Registry, Snapshot, load_keeping};
+use policy_core::{InstanceCounts, Registry, Snapshot, load_keeping};
 use policy_sdk::{Request, RequestContext};
 use support::registry;
 
@@ -17,7 +17,7 @@ async fn count(snapshot: &Snapshot, route: &str) -> (u64, u64) {
     let mut ctx = RequestContext::new(Request::new("GET", "/"));
     let decision = chain.run_request(&mut ctx).await;
     assert!(
-        matches!(decision, policy_runtime::Decision::Continue),
+        matches!(decision, policy_core::Decision::Continue),
         "{decision:?}"
     );
     let headers = ctx.request().headers();

@@ -7,8 +7,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// Runs `f`, turning a panic into its message.
-pub(crate) fn call<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+/// Runs `f`, turning a panic into its message (for hosts that run policy code, or any work
+/// whose panic must not take the process down, outside the executor).
+///
+/// # Errors
+/// The panic's message.
+pub fn call<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     // The policy's state may be half-updated after a panic; the step fails, and whether the
     // rest of the chain runs is the route's `onFailure` decision.
     catch_unwind(AssertUnwindSafe(f)).map_err(message)

@@ -96,7 +96,7 @@ struct ServeArgs {
     /// xDS mode: longest delay before reconnecting, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     xds_backoff_max_ms: u64,
-    /// Log filter, e.g. `info` or `policy_runtime=debug`.
+    /// Log filter, e.g. `info` or `policy_ext_proc=debug`.
     #[arg(long, env = "POLICY_ENGINE_LOG", default_value = "info")]
     log_level: String,
     /// Log format.

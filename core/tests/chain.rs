@@ -1,8 +1,8 @@
 //! The executor's semantics: order, conditions, metadata, failures, timeouts, short-circuit.
 
-mod support;
+use policy_test_support as support;
 
-use policy_runtime::{Decision, Snapshot};
+use policy_core::{Decision, Snapshot};
 use policy_sdk::{ErrorKind, HeaderChange, Request, RequestContext, Response, ResponseContext};
 use support::snapshot;
 

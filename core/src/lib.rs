@@ -14,20 +14,3 @@ pub use chain::{Chain, Decision, Denial, Needs, Trace};
 pub use config::{ConfigError, InstanceCounts, Problem, load, load_keeping, load_value};
 pub use registry::{RegisteredPolicy, Registry, RegistryError};
 pub use snapshot::Snapshot;
-
-#[cfg(feature = "server")]
-pub mod admin;
-#[cfg(feature = "server")]
-pub mod background;
-#[cfg(feature = "server")]
-pub mod cli;
-#[cfg(feature = "server")]
-pub mod reload;
-#[cfg(feature = "server")]
-pub mod server;
-#[cfg(feature = "server")]
-pub mod state;
-#[cfg(feature = "server")]
-pub mod xds;
-#[cfg(feature = "server")]
-pub use cli::run;

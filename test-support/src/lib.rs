@@ -1,7 +1,7 @@
 //! Small policies that exercise the engine's semantics, and a registry holding them.
-#![allow(dead_code, reason = "each test binary uses a subset")]
+#![allow(missing_debug_implementations, reason = "test fixtures, never printed")]
 
-use policy_runtime::{Registry, Snapshot};
+use policy_core::{Registry, Snapshot};
 use policy_sdk::{
     ImmediateResponse, Outcome, Policy, PolicyError, RequestAction, RequestContext, RequestPolicy,
     ResponseAction, ResponseContext, ResponsePolicy, UpstreamRequestMods, UpstreamResponseMods,
@@ -381,5 +381,5 @@ pub fn registry() -> Registry {
 
 /// Compiles a configuration document against the test registry, panicking with the report.
 pub fn snapshot(yaml: &str) -> Snapshot {
-    policy_runtime::load(yaml, "test.yaml", &registry()).unwrap_or_else(|e| panic!("{e}"))
+    policy_core::load(yaml, "test.yaml", &registry()).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -1,8 +1,7 @@
 //! The ext_proc server over a real TCP socket, driven by the generated gRPC client: the parts of
 //! the protocol a well-behaved Envoy never exercises (bad messages, swaps mid-stream).
-#![cfg(feature = "server")]
 
-mod support;
+use policy_test_support as support;
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
@@ -11,7 +10,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
 };
-use policy_runtime::server::{EngineState, ExtProc, RouteKey, ServerOptions};
+use policy_ext_proc::server::{EngineState, ExtProc, RouteKey, ServerOptions};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

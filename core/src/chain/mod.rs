@@ -1,9 +1,10 @@
 //! A route's compiled policy chain and its execution.
 
 mod execute;
-pub(crate) mod unwind;
+mod unwind;
 
 pub use execute::{Decision, Denial, Trace};
+pub use unwind::call as catch_panic;
 
 use crate::condition::Condition;
 use crate::config::{OnConditionError, OnFailure};
@@ -104,8 +105,8 @@ impl Chain {
         self.explain
     }
 
-    /// This route's counters.
-    pub fn metrics(&self) -> &RouteMetrics {
+    /// This route's counters (shared: a host may hold them past the chain).
+    pub fn metrics(&self) -> &Arc<RouteMetrics> {
         &self.metrics
     }
 

@@ -417,7 +417,7 @@ impl Exchange {
         let Some(chain) = snapshot.chain_for(&self.route).cloned() else {
             return self.fail(Failure::UnknownRoute(self.route.clone()));
         };
-        self.metrics = Arc::clone(&chain.metrics);
+        self.metrics = Arc::clone(chain.metrics());
         if chain.explain() {
             self.trace = Some(Trace::default());
         }

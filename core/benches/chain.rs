@@ -1,10 +1,10 @@
 //! The in-process cost of a route's chain: 5 header-only policies, one with a CEL condition.
 //!
-//! `cargo bench -p policy-runtime --bench chain`
+//! `cargo bench -p policy-core --bench chain`
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use policy_runtime::condition::Condition;
-use policy_runtime::{Decision, Registry, load};
+use policy_core::condition::Condition;
+use policy_core::{Decision, Registry, load};
 use policy_sdk::{
     ImmediateResponse, Outcome, Policy, PolicyError, Request, RequestAction, RequestContext,
     RequestPolicy, UpstreamRequestMods,

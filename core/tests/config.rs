@@ -1,8 +1,8 @@
 //! Loading route configurations: every problem reported at once, with its location.
 
-mod support;
+use policy_test_support as support;
 
-use policy_runtime::{ConfigError, Problem, load};
+use policy_core::{ConfigError, Problem, load};
 use support::registry;
 
 fn problems(yaml: &str) -> Vec<Problem> {
@@ -195,7 +195,7 @@ fn invalid_yaml_is_a_parse_error() {
 fn an_oversized_document_is_refused_before_parsing() {
     let huge = format!(
         "version: v1\n#{}\n",
-        "x".repeat(policy_runtime::config::MAX_DOCUMENT_BYTES)
+        "x".repeat(policy_core::config::MAX_DOCUMENT_BYTES)
     );
     let err = load(&huge, "r.yaml", &registry()).expect_err("rejected");
     assert!(matches!(err, ConfigError::TooLarge { .. }), "{err}");
