@@ -44,12 +44,19 @@ pub enum Phase {
     Response,
 }
 
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Phase {
+    /// `request` or `response`, as definitions, logs and metric labels spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Phase::Request => "request",
             Phase::Response => "response",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -3,8 +3,8 @@
 use super::{Chain, Step, unwind};
 use crate::condition::{Condition, EvalError};
 use crate::config::{OnConditionError, OnFailure};
+use crate::definition::Phase;
 use crate::error_id;
-use crate::metrics::Phase as MetricsPhase;
 use policy_sdk::{
     ImmediateResponse, Outcome, PolicyError, RequestAction, RequestContext, RequestPolicy,
     ResponseAction, ResponseContext, ResponsePolicy,
@@ -49,9 +49,9 @@ impl Chain {
         trace: Option<&mut Trace>,
     ) -> Decision {
         let started = Instant::now();
-        let decision = run::<RequestPhase>(&self.route, &self.request, ctx, trace).await;
+        let decision = run::<RequestHook>(&self.route, &self.request, ctx, trace).await;
         self.metrics
-            .duration(MetricsPhase::Request)
+            .duration(Phase::Request)
             .observe(started.elapsed());
         decision
     }
@@ -68,16 +68,16 @@ impl Chain {
         trace: Option<&mut Trace>,
     ) -> Decision {
         let started = Instant::now();
-        let decision = run::<ResponsePhase>(&self.route, &self.response, ctx, trace).await;
+        let decision = run::<ResponseHook>(&self.route, &self.response, ctx, trace).await;
         self.metrics
-            .duration(MetricsPhase::Response)
+            .duration(Phase::Response)
             .observe(started.elapsed());
         decision
     }
 }
 
-/// What differs between the two phases.
-trait Phase {
+/// How a phase calls its policies: what differs between the request and the response chain.
+trait Hook {
     type Policy: ?Sized + Send + Sync;
     type Ctx;
     type Action;
@@ -92,10 +92,10 @@ trait Phase {
     fn request_id(ctx: &Self::Ctx) -> &str;
 }
 
-struct RequestPhase;
-struct ResponsePhase;
+struct RequestHook;
+struct ResponseHook;
 
-impl Phase for RequestPhase {
+impl Hook for RequestHook {
     type Policy = dyn RequestPolicy;
     type Ctx = RequestContext;
     type Action = RequestAction;
@@ -133,7 +133,7 @@ impl Phase for RequestPhase {
     }
 }
 
-impl Phase for ResponsePhase {
+impl Hook for ResponseHook {
     type Policy = dyn ResponsePolicy;
     type Ctx = ResponseContext;
     type Action = ResponseAction;
@@ -171,7 +171,7 @@ impl Phase for ResponsePhase {
     }
 }
 
-async fn run<P: Phase>(
+async fn run<P: Hook>(
     route: &str,
     steps: &[Step<P::Policy>],
     ctx: &mut P::Ctx,

@@ -92,17 +92,17 @@ pub(crate) fn rescue(failure: Failure, route: &str, request_id: &str) -> Immedia
         }
         Failure::BodyTooLarge { phase, size, limit } => {
             let id = error_id::next();
-            tracing::warn!(route, request_id, error_id = %id, phase = phase.label(), size, limit, "body larger than the engine's limit: refused");
+            tracing::warn!(route, request_id, error_id = %id, phase = phase.as_str(), size, limit, "body larger than the engine's limit: refused");
             too_large(phase, &id)
         }
         Failure::PartialBody { phase } => {
             let id = error_id::next();
-            tracing::warn!(route, request_id, error_id = %id, phase = phase.label(), "only part of the body reached the engine (Envoy's buffer is smaller than the body, or trailers came first): refused");
+            tracing::warn!(route, request_id, error_id = %id, phase = phase.as_str(), "only part of the body reached the engine (Envoy's buffer is smaller than the body, or trailers came first): refused");
             too_large(phase, &id)
         }
         Failure::BodyNotSent { phase } => {
             let id = error_id::next();
-            tracing::error!(route, request_id, error_id = %id, phase = phase.label(), "the route's chain needs the {} body but Envoy's ext_proc filter does not send it: refused; set {}_body_mode: BUFFERED (docs/envoy.md)", phase.label(), phase.label());
+            tracing::error!(route, request_id, error_id = %id, phase = phase.as_str(), "the route's chain needs the {} body but Envoy's ext_proc filter does not send it: refused; set {}_body_mode: BUFFERED (docs/envoy.md)", phase.as_str(), phase.as_str());
             error(
                 500,
                 "internal_error",
@@ -114,7 +114,7 @@ pub(crate) fn rescue(failure: Failure, route: &str, request_id: &str) -> Immedia
             tracing::warn!(
                 route,
                 request_id,
-                phase = phase.label(),
+                phase = phase.as_str(),
                 budget,
                 "the engine holds its whole budget of buffered body bytes (--max-buffered-body-bytes): 503"
             );

@@ -8,7 +8,7 @@ use super::Shared;
 use super::rescue::{Failure, rescue};
 use super::translate::{self, BodyMode, Extra};
 use crate::chain::{Chain, Decision, Trace};
-use crate::metrics::{Metrics, Outcome, Phase, Refusal, RouteMetrics};
+use crate::metrics::{Metrics, Phase, Refusal, RouteMetrics, Verdict};
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as In;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Out;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
@@ -167,17 +167,17 @@ impl Exchange {
 
     /// Counts how the current phase ended (`status` of the answer, 0 when forwarded); on an
     /// explained route logs the trace and returns it.
-    fn conclude(&mut self, outcome: Outcome, status: u16) -> Option<String> {
-        self.metrics.record(self.phase, outcome, status);
+    fn conclude(&mut self, verdict: Verdict, status: u16) -> Option<String> {
+        self.metrics.record(self.phase, verdict, status);
         let trace = self.trace.as_mut().map(std::mem::take)?.render();
-        tracing::info!(route = %self.route, request_id = %self.request_id, phase = ?self.phase, outcome = ?outcome, status, trace = %trace, "explain");
+        tracing::info!(route = %self.route, request_id = %self.request_id, phase = ?self.phase, outcome = ?verdict, status, trace = %trace, "explain");
         Some(trace)
     }
 
-    /// Ends the exchange with `response` to the client, counted as `outcome`.
-    fn end_with(&mut self, outcome: Outcome, response: ImmediateResponse) -> ProcessingResponse {
+    /// Ends the exchange with `response` to the client, counted as `verdict`.
+    fn end_with(&mut self, verdict: Verdict, response: ImmediateResponse) -> ProcessingResponse {
         self.stage = Stage::Done;
-        let response = match self.conclude(outcome, response.status()) {
+        let response = match self.conclude(verdict, response.status()) {
             Some(trace) => response.with_header(EXPLAIN_HEADER, trace),
             None => response,
         };
@@ -482,7 +482,7 @@ impl Exchange {
                 "a policy replaced the request body without declaring requiresRequestBody",
             ));
         }
-        self.conclude(Outcome::Continue, 0);
+        self.conclude(Verdict::Continue, 0);
         let req = ctx.request();
         let mut pseudo = Vec::new();
         if changes.path() {
@@ -548,7 +548,7 @@ impl Exchange {
                 "a policy replaced the response body without declaring requiresResponseBody",
             ));
         }
-        self.conclude(Outcome::Continue, 0);
+        self.conclude(Verdict::Continue, 0);
         let resp = ctx.response();
         let pseudo = if changes.status() {
             vec![(":status", resp.status().to_string())]
@@ -571,14 +571,14 @@ impl Exchange {
 
     /// A policy's own answer to the client.
     fn answer(&mut self, response: ImmediateResponse) -> ProcessingResponse {
-        self.end_with(Outcome::Immediate, response)
+        self.end_with(Verdict::Immediate, response)
     }
 
     /// The engine's answer to a failure.
     fn fail(&mut self, failure: Failure) -> ProcessingResponse {
         self.metrics.refused(failure.refusal());
         let response = rescue(failure, &self.route, &self.request_id);
-        self.end_with(Outcome::Error, response)
+        self.end_with(Verdict::Error, response)
     }
 }
 

@@ -1,254 +1,19 @@
-//! The engine's command line: what a built `policy-engine` binary runs.
-//!
-//! The builder's generated `main` registers the manifest's policies and calls [`run`].
+//! `policy-engine serve`: the async runtime, the configuration source, the ext_proc, admin and
+//! metrics listeners, health reporting and graceful shutdown.
 
-use crate::admin::{Admin, policy_list};
+use super::args::{LogFormat, ServeArgs};
+use crate::admin::Admin;
 use crate::reload::{FileSource, Reload};
-use crate::server::{EngineState, ExtProc, RouteKey, ServerOptions};
-use crate::{Registry, load, xds};
+use crate::server::{EngineState, ExtProc, ServerOptions};
+use crate::{Registry, xds};
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing_subscriber::EnvFilter;
-
-/// A policy engine for Envoy's external processing filter.
-#[derive(Debug, Parser)]
-#[command(name = "policy-engine", version)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    #[command(flatten)]
-    serve: ServeArgs,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Serve ext_proc (the default).
-    Serve(Box<ServeArgs>),
-    /// Check a route configuration file against the compiled-in policies and exit.
-    Validate {
-        /// The route configuration file.
-        config: PathBuf,
-    },
-    /// Print the compiled-in policies (name, version, phases, parameter schema) as JSON.
-    Policies,
-    /// Print the build information as JSON.
-    BuildInfo,
-    /// Exit 0 when an engine accepts connections at the listen address, or with --admin when
-    /// its admin API reports it ready (for container HEALTHCHECKs: the image needs no shell or
-    /// curl).
-    Healthcheck {
-        /// Ask the admin API at HOST:PORT for `/health/ready` instead of connecting to ext_proc.
-        #[arg(long)]
-        admin: Option<String>,
-        /// The engine's address: HOST:PORT (0.0.0.0 means this host) or unix:/PATH.
-        #[arg(long, env = "POLICY_ENGINE_LISTEN", default_value = "127.0.0.1:9001")]
-        listen: String,
-        /// How long to wait for the connection, in milliseconds.
-        #[arg(long, default_value_t = 2000)]
-        timeout_ms: u64,
-    },
-}
-
-#[derive(Debug, clap::Args)]
-struct ServeArgs {
-    /// Where to serve ext_proc: HOST:PORT, or unix:/PATH for a Unix socket.
-    #[arg(long, env = "POLICY_ENGINE_LISTEN", default_value = "127.0.0.1:9001")]
-    listen: String,
-    /// File mode: the route configuration file (reloaded when it changes, and on SIGHUP).
-    #[arg(long, env = "POLICY_ENGINE_CONFIG", conflicts_with = "xds_server")]
-    config: Option<PathBuf>,
-    /// xDS mode: the control plane's ADS address, http://HOST:PORT or https://HOST:PORT.
-    #[arg(long, env = "POLICY_ENGINE_XDS_SERVER")]
-    xds_server: Option<String>,
-    /// xDS mode: the name of the policy-chain resource to subscribe to.
-    #[arg(long, env = "POLICY_ENGINE_XDS_RESOURCE", default_value = "default")]
-    xds_resource: String,
-    /// xDS mode: this engine's node id (default: the host name).
-    #[arg(long, env = "POLICY_ENGINE_NODE_ID")]
-    node_id: Option<String>,
-    /// xDS mode: this engine's node cluster.
-    #[arg(
-        long,
-        env = "POLICY_ENGINE_NODE_CLUSTER",
-        default_value = "policy-engine"
-    )]
-    node_cluster: String,
-    /// xDS mode: PEM CA certificates for an https:// control plane (default: the system roots).
-    #[arg(long, env = "POLICY_ENGINE_XDS_CA")]
-    xds_ca: Option<PathBuf>,
-    /// xDS mode: PEM client certificate for mutual TLS (with --xds-key).
-    #[arg(long, env = "POLICY_ENGINE_XDS_CERT")]
-    xds_cert: Option<PathBuf>,
-    /// xDS mode: PEM private key of --xds-cert.
-    #[arg(long, env = "POLICY_ENGINE_XDS_KEY")]
-    xds_key: Option<PathBuf>,
-    /// xDS mode: first delay before reconnecting, in milliseconds (doubles up to the maximum).
-    #[arg(long, default_value_t = 250)]
-    xds_backoff_initial_ms: u64,
-    /// xDS mode: longest delay before reconnecting, in milliseconds.
-    #[arg(long, default_value_t = 30_000)]
-    xds_backoff_max_ms: u64,
-    /// Log filter, e.g. `info` or `policy_ext_proc=debug`.
-    #[arg(long, env = "POLICY_ENGINE_LOG", default_value = "info")]
-    log_level: String,
-    /// Log format.
-    #[arg(long, env = "POLICY_ENGINE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Where the route key comes from: attribute:<name> or header:<name>.
-    #[arg(long, default_value = "attribute:xds.route_name")]
-    route_key: RouteKey,
-    /// The largest request or response body a chain accepts, in bytes (413 past it).
-    #[arg(long, default_value_t = 1024 * 1024)]
-    max_body_bytes: usize,
-    /// The most body bytes all streams together may hold while their chains wait for a whole
-    /// body (503 past it), so many large concurrent bodies cannot exhaust memory.
-    #[arg(long, default_value_t = 256 * 1024 * 1024)]
-    max_buffered_body_bytes: usize,
-    /// Most concurrent ext_proc streams per connection from Envoy.
-    #[arg(long, default_value_t = 10_000)]
-    max_concurrent_streams: u32,
-    /// Runtime worker threads; 0 runs everything on one thread.
-    #[arg(long, env = "POLICY_ENGINE_WORKERS", default_value_t = 1)]
-    workers: usize,
-    /// The admin API's address (health, metrics, config, policies, build info): HOST:PORT, or
-    /// `off`. Keep it on loopback or a private network: it shows the configuration.
-    #[arg(
-        long,
-        env = "POLICY_ENGINE_ADMIN_LISTEN",
-        default_value = "127.0.0.1:9002"
-    )]
-    admin_listen: String,
-    /// A listener with only `/metrics` and the health checks (for a scraper that must not see
-    /// `/config`): HOST:PORT, or `off` (the default).
-    #[arg(long, env = "POLICY_ENGINE_METRICS_LISTEN", default_value = "off")]
-    metrics_listen: String,
-    /// On SIGTERM, how long streams in flight may take to finish, in milliseconds.
-    #[arg(
-        long,
-        env = "POLICY_ENGINE_SHUTDOWN_GRACE_MS",
-        default_value_t = 15_000
-    )]
-    shutdown_grace_ms: u64,
-    /// How often the configuration file is checked for changes, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    reload_interval_ms: u64,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Runs the engine's command line with the compiled-in `registry`; `build_info` is what
-/// `build-info` prints. Returns the process exit code.
-pub fn run(registry: Registry, build_info: serde_json::Value) -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        None => serve(cli.serve, registry, &build_info),
-        Some(Command::Serve(args)) => serve(*args, registry, &build_info),
-        Some(Command::Validate { config }) => validate(&config, &registry),
-        Some(Command::Policies) => print_json(&policy_list(&registry)),
-        Some(Command::BuildInfo) => print_json(&build_info),
-        Some(Command::Healthcheck {
-            admin: Some(admin),
-            timeout_ms,
-            ..
-        }) => ready_check(&admin, Duration::from_millis(timeout_ms)),
-        Some(Command::Healthcheck {
-            listen, timeout_ms, ..
-        }) => healthcheck(&listen, Duration::from_millis(timeout_ms)),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("policy-engine: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `GET /health/ready` on the admin API; succeeds on 200.
-fn ready_check(admin: &str, timeout: Duration) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
-    let addr = loopback_if_unspecified(
-        admin
-            .parse()
-            .with_context(|| format!("--admin {admin:?} is not HOST:PORT"))?,
-    );
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.write_all(
-        format!("GET /health/ready HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )?;
-    let mut head = [0u8; 12];
-    stream
-        .read_exact(&mut head)
-        .with_context(|| format!("reading the answer of {addr}"))?;
-    match &head[9..12] {
-        b"200" => Ok(()),
-        status => bail!(
-            "{addr}/health/ready answered {}: not ready",
-            String::from_utf8_lossy(status)
-        ),
-    }
-}
-
-fn loopback_if_unspecified(mut addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    addr
-}
-
-fn healthcheck(listen: &str, timeout: Duration) -> anyhow::Result<()> {
-    if let Some(path) = listen.strip_prefix("unix:") {
-        std::os::unix::net::UnixStream::connect(path)
-            .with_context(|| format!("connecting to {listen}"))?;
-        return Ok(());
-    }
-    let addr = loopback_if_unspecified(
-        listen
-            .parse()
-            .with_context(|| format!("{listen:?} is not HOST:PORT or unix:/PATH"))?,
-    );
-    std::net::TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("connecting to {addr}"))?;
-    Ok(())
-}
-
-fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
-}
-
-fn validate(config: &PathBuf, registry: &Registry) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    let snapshot = load(&text, &config.display().to_string(), registry)?;
-    for warning in snapshot.warnings() {
-        eprintln!("warning: {}: {warning}", config.display());
-    }
-    println!(
-        "{}: valid ({} routes)",
-        config.display(),
-        snapshot.route_names().len()
-    );
-    Ok(())
-}
 
 /// Serves `router` on `address` (`off`: not at all), announcing the bound address on stdout as
 /// `policy-engine NAME on HOST:PORT`.
@@ -275,7 +40,7 @@ async fn serve_http(
     })))
 }
 
-fn serve(
+pub(super) fn serve(
     args: ServeArgs,
     registry: Registry,
     build_info: &serde_json::Value,

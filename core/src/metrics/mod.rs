@@ -9,84 +9,25 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use crate::definition::Phase;
+pub use histogram::Histogram;
+
+mod histogram;
+mod render;
+
 /// Distinct route names tracked; later ones share the `(other)` series.
 pub const MAX_ROUTE_SERIES: usize = 10_000;
 /// The route label of requests for routes no chain serves (and before any configuration).
 pub const UNKNOWN_ROUTE: &str = "(unknown)";
 const OTHER_ROUTE: &str = "(other)";
 
-/// Histogram bucket upper bounds, in seconds: from 5 µs (a header chain) to 1 s (a JWKS fetch).
-const BOUNDS: [f64; 14] = [
-    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
-    0.01, 0.05, 0.25, 1.0,
-];
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A latency histogram with fixed buckets.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BOUNDS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        if let Some(i) = BOUNDS.iter().position(|b| seconds <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Relaxed);
-    }
-
-    /// How many observations.
-    pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (bound, bucket) in BOUNDS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        #[allow(clippy::cast_precision_loss)]
-        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
-    }
-}
-
-/// Which half of an exchange.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Phase {
-    /// The request chain (counted once per request).
-    Request,
-    /// The response chain.
-    Response,
-}
-
-impl Phase {
-    /// `request` or `response`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Phase::Request => "request",
-            Phase::Response => "response",
-        }
-    }
-}
-
 /// How a phase ended for the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Outcome {
+pub enum Verdict {
     /// Forwarded (with any changes).
     Continue,
     /// A policy answered the client itself (the status is the policy's).
@@ -95,12 +36,12 @@ pub enum Outcome {
     Error,
 }
 
-impl Outcome {
+impl Verdict {
     fn label(self) -> &'static str {
         match self {
-            Outcome::Continue => "continue",
-            Outcome::Immediate => "immediate",
-            Outcome::Error => "error",
+            Verdict::Continue => "continue",
+            Verdict::Immediate => "immediate",
+            Verdict::Error => "error",
         }
     }
 }
@@ -219,41 +160,41 @@ pub struct RouteMetrics {
 }
 
 /// `(phase, outcome, status)` as one slot key (never 0).
-fn answer_key(phase: Phase, outcome: Outcome, status: u16) -> u64 {
+fn answer_key(phase: Phase, outcome: Verdict, status: u16) -> u64 {
     let phase = match phase {
         Phase::Request => 1,
         Phase::Response => 2,
     };
     let outcome = match outcome {
-        Outcome::Continue => 0,
-        Outcome::Immediate => 1,
-        Outcome::Error => 2,
+        Verdict::Continue => 0,
+        Verdict::Immediate => 1,
+        Verdict::Error => 2,
     };
     (phase << 32) | (outcome << 16) | u64::from(status)
 }
 
-fn answer_parts(key: u64) -> (Phase, Outcome, u16) {
+fn answer_parts(key: u64) -> (Phase, Verdict, u16) {
     let phase = if key >> 32 == 2 {
         Phase::Response
     } else {
         Phase::Request
     };
     let outcome = match (key >> 16) & 0xffff {
-        0 => Outcome::Continue,
-        1 => Outcome::Immediate,
-        _ => Outcome::Error,
+        0 => Verdict::Continue,
+        1 => Verdict::Immediate,
+        _ => Verdict::Error,
     };
     (phase, outcome, (key & 0xffff) as u16)
 }
 
 impl RouteMetrics {
     /// Counts how a phase ended; `status` is the client's status for immediate and error.
-    pub fn record(&self, phase: Phase, outcome: Outcome, status: u16) {
+    pub fn record(&self, phase: Phase, outcome: Verdict, status: u16) {
         match (phase, outcome) {
-            (Phase::Request, Outcome::Continue) => {
+            (Phase::Request, Verdict::Continue) => {
                 self.request_continue.fetch_add(1, Relaxed);
             }
-            (Phase::Response, Outcome::Continue) => {
+            (Phase::Response, Verdict::Continue) => {
                 self.response_continue.fetch_add(1, Relaxed);
             }
             _ => self.answered.add(answer_key(phase, outcome, status)),
@@ -406,212 +347,6 @@ impl Metrics {
     pub fn streams_in_flight(&self) -> i64 {
         self.streams.load(Relaxed)
     }
-
-    /// Everything in the Prometheus text format (version 0.0.4).
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        let mut routes: Vec<(String, Arc<RouteMetrics>)> = lock(&self.routes)
-            .iter()
-            .map(|(k, v)| (k.clone(), Arc::clone(v)))
-            .collect();
-        routes.sort_by(|a, b| a.0.cmp(&b.0));
-
-        header(
-            &mut out,
-            "policy_engine_requests_total",
-            "counter",
-            "Chain phases by route and outcome (phase=\"request\" counts every request once).",
-        );
-        for (route, m) in &routes {
-            let route = escape(route);
-            for (phase, n) in [
-                (Phase::Request, &m.request_continue),
-                (Phase::Response, &m.response_continue),
-            ] {
-                let n = n.load(Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "policy_engine_requests_total{{route=\"{route}\",phase=\"{}\",outcome=\"continue\",status=\"\"}} {n}",
-                        phase.label()
-                    );
-                }
-            }
-            for (phase, outcome, status, n) in m.answered.read().into_iter().map(|(key, n)| {
-                let (phase, outcome, status) = answer_parts(key);
-                (phase, outcome, status, n)
-            }) {
-                let _ = writeln!(
-                    out,
-                    "policy_engine_requests_total{{route=\"{route}\",phase=\"{}\",outcome=\"{}\",status=\"{status}\"}} {n}",
-                    phase.label(),
-                    outcome.label()
-                );
-            }
-        }
-        header(
-            &mut out,
-            "policy_engine_refusals_total",
-            "counter",
-            "Requests the engine refused (or streams that ended too early), by route and reason.",
-        );
-        for (route, m) in &routes {
-            let route = escape(route);
-            for reason in Refusal::ALL {
-                let n = m.refusals(reason);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "policy_engine_refusals_total{{route=\"{route}\",reason=\"{}\"}} {n}",
-                        reason.label()
-                    );
-                }
-            }
-        }
-        header(
-            &mut out,
-            "policy_engine_condition_errors_total",
-            "counter",
-            "Conditions that could not be evaluated, by route and policy.",
-        );
-        for (route, m) in &routes {
-            let route = escape(route);
-            for (policy, n) in lock(&m.condition_errors).iter() {
-                let n = n.load(Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "policy_engine_condition_errors_total{{route=\"{route}\",policy=\"{}\"}} {n}",
-                        escape(policy)
-                    );
-                }
-            }
-        }
-        header(
-            &mut out,
-            "policy_engine_chain_duration_seconds",
-            "histogram",
-            "Time to run a route's chain, by phase.",
-        );
-        for (route, m) in &routes {
-            for phase in [Phase::Request, Phase::Response] {
-                let h = m.duration(phase);
-                if h.count() > 0 {
-                    let labels = format!("route=\"{}\",phase=\"{}\"", escape(route), phase.label());
-                    h.render(&mut out, "policy_engine_chain_duration_seconds", &labels);
-                }
-            }
-        }
-        let policies: Vec<(String, Arc<PolicyMetrics>)> = lock(&self.policies)
-            .iter()
-            .map(|(k, v)| (k.clone(), Arc::clone(v)))
-            .collect();
-        for (name, kind, help, read) in [
-            (
-                "policy_engine_policy_executions_total",
-                "counter",
-                "Policy runs by name:version.",
-                (|p: &PolicyMetrics| p.executions.load(Relaxed)) as fn(&PolicyMetrics) -> u64,
-            ),
-            (
-                "policy_engine_policy_failures_total",
-                "counter",
-                "Policy runs that failed (error or timeout), whatever their onFailure.",
-                |p| p.failures.load(Relaxed),
-            ),
-            (
-                "policy_engine_policy_panics_total",
-                "counter",
-                "Policy runs that panicked (each is also a failure, handled by onFailure).",
-                |p| p.panics.load(Relaxed),
-            ),
-            (
-                "policy_engine_policy_skipped_total",
-                "counter",
-                "Policy runs skipped because their condition was false or failed.",
-                |p| p.skipped.load(Relaxed),
-            ),
-        ] {
-            header(&mut out, name, kind, help);
-            for (key, p) in &policies {
-                let _ = writeln!(out, "{name}{{policy=\"{}\"}} {}", escape(key), read(p));
-            }
-        }
-        header(
-            &mut out,
-            "policy_engine_policy_duration_seconds",
-            "histogram",
-            "Time one policy took, by name:version.",
-        );
-        for (key, p) in &policies {
-            p.duration.render(
-                &mut out,
-                "policy_engine_policy_duration_seconds",
-                &format!("policy=\"{}\"", escape(key)),
-            );
-        }
-        header(
-            &mut out,
-            "policy_engine_config_reloads_total",
-            "counter",
-            "Configuration loads by source (file, xds) and result (applied, rejected).",
-        );
-        for ((source, result), n) in lock(&self.reloads).iter() {
-            let _ = writeln!(
-                out,
-                "policy_engine_config_reloads_total{{source=\"{source}\",result=\"{result}\"}} {n}"
-            );
-        }
-        header(
-            &mut out,
-            "policy_engine_config_info",
-            "gauge",
-            "The active configuration: 1 with its source and version.",
-        );
-        header(
-            &mut out,
-            "policy_engine_config_loaded_timestamp_seconds",
-            "gauge",
-            "When the active configuration was loaded (Unix time).",
-        );
-        if let Some(info) = lock(&self.config).as_ref() {
-            let labels = format!(
-                "source=\"{}\",version=\"{}\"",
-                info.source,
-                escape(&info.version)
-            );
-            let _ = writeln!(out, "policy_engine_config_info{{{labels}}} 1");
-            let at = info
-                .loaded_at
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            let _ = writeln!(out, "policy_engine_config_loaded_timestamp_seconds {at}");
-        }
-        header(
-            &mut out,
-            "policy_engine_streams_in_flight",
-            "gauge",
-            "ext_proc streams open now.",
-        );
-        let _ = writeln!(
-            out,
-            "policy_engine_streams_in_flight {}",
-            self.streams_in_flight()
-        );
-        header(
-            &mut out,
-            "policy_engine_buffered_body_bytes",
-            "gauge",
-            "Body bytes streams hold now while their chains wait for a whole body.",
-        );
-        let _ = writeln!(
-            out,
-            "policy_engine_buffered_body_bytes {}",
-            self.body_bytes()
-        );
-        out
-    }
 }
 
 /// Marks a stream in flight until dropped.
@@ -624,18 +359,6 @@ impl Drop for StreamGuard {
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Escapes a label value (backslash, quote, newline).
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -644,9 +367,9 @@ mod tests {
     fn counters_and_histograms_render_as_prometheus_text() {
         let metrics = Arc::new(Metrics::default());
         let route = metrics.route("api");
-        route.record(Phase::Request, Outcome::Continue, 0);
-        route.record(Phase::Request, Outcome::Continue, 0);
-        route.record(Phase::Request, Outcome::Immediate, 401);
+        route.record(Phase::Request, Verdict::Continue, 0);
+        route.record(Phase::Request, Verdict::Continue, 0);
+        route.record(Phase::Request, Verdict::Immediate, 401);
         route
             .duration(Phase::Request)
             .observe(Duration::from_micros(3));
@@ -691,7 +414,7 @@ mod tests {
         for i in 0..MAX_ROUTE_SERIES + 5 {
             metrics
                 .route(&format!("r{i}"))
-                .record(Phase::Request, Outcome::Continue, 0);
+                .record(Phase::Request, Verdict::Continue, 0);
         }
         assert_eq!(lock(&metrics.routes).len(), MAX_ROUTE_SERIES + 1);
         assert!(
