@@ -1,8 +1,7 @@
 //! The builder really building engines: these compile release binaries (the first run in a
 //! fresh target directory takes minutes; later ones reuse it).
 
-#[path = "../../tests/e2e/tests/support/mod.rs"]
-mod e2e;
+use policy_test_support::envoy as e2e;
 mod support;
 
 use std::io::{BufRead, BufReader};

@@ -1,6 +1,6 @@
 //! The executor's semantics: order, conditions, metadata, failures, timeouts, short-circuit.
 
-use policy_test_support as support;
+use policy_test_support::policies as support;
 
 use policy_core::{Decision, Snapshot};
 use policy_sdk::{ErrorKind, HeaderChange, Request, RequestContext, Response, ResponseContext};

@@ -1,6 +1,6 @@
 //! Loading route configurations: every problem reported at once, with its location.
 
-use policy_test_support as support;
+use policy_test_support::policies as support;
 
 use policy_core::{ConfigError, Problem, load};
 use support::registry;

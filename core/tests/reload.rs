@@ -1,7 +1,7 @@
 //! A reload keeps the policy instances whose entries did not change (with their state), builds
 //! new ones for the rest, and starts each instance once, only when installed.
 
-use policy_test_support as support;
+use policy_test_support::policies as support;
 
 use policy_core::{InstanceCounts, Registry, Snapshot, load_keeping};
 use policy_sdk::{Request, RequestContext};

@@ -1,7 +1,7 @@
 //! The ext_proc server over a real TCP socket, driven by the generated gRPC client: the parts of
 //! the protocol a well-behaved Envoy never exercises (bad messages, swaps mid-stream).
 
-use policy_test_support as support;
+use policy_test_support::policies as support;
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;

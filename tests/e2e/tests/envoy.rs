@@ -1,7 +1,7 @@
 //! End-to-end scenarios: a real Envoy 1.36.2 calls the development engine over ext_proc and
 //! forwards to an echo upstream.
 
-mod support;
+use policy_test_support::envoy as support;
 
 use support::traffic::Traffic;
 use support::{Request, Stack};

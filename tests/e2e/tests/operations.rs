@@ -1,7 +1,7 @@
 //! Operating the engine behind a real Envoy: the admin API, readiness, metrics after known
 //! traffic, the explain trace, the gRPC health service and graceful shutdown.
 
-mod support;
+use policy_test_support::envoy as support;
 
 use std::time::Duration;
 use support::{Request, Stack};

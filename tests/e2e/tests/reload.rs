@@ -3,7 +3,7 @@
 
 #[path = "../../../sample-policies/jwt-validation/v1.0.0/tests/support/mod.rs"]
 mod jwt;
-mod support;
+use policy_test_support::envoy as support;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

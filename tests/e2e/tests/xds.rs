@@ -1,7 +1,7 @@
 //! xDS mode end to end: the engine takes its chains from the reference control plane (a
 //! process) while a real Envoy sends it traffic.
 
-mod support;
+use policy_test_support::envoy as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

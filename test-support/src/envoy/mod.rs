@@ -1,8 +1,6 @@
 //! The end-to-end stack: the echo upstream, the development engine and a real Envoy, each on
 //! free loopback ports, stopped when the [`Stack`] drops.
 
-#![allow(dead_code)] // each test binary uses a different part of the harness
-
 pub mod control_plane;
 pub mod http;
 pub mod traffic;
@@ -44,7 +42,25 @@ pub fn envoy_bin() -> PathBuf {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A binary of the workspace, next to the running test's own executable
+/// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`): the `policy-e2e` package builds
+/// `dev-engine` and `control-plane` for its tests.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test executable under target/<profile>/deps");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: it is built with the policy-e2e package's tests",
+        bin.display()
+    );
+    bin
 }
 
 /// A scratch directory removed on drop.
@@ -137,11 +153,7 @@ impl Stack {
     /// Starts everything; `config: None` leaves the configuration file absent. `engine_args`
     /// are added to the engine's command line.
     pub fn start_with(config: Option<&str>, engine_args: &[&str]) -> Stack {
-        // Set for the policy-e2e tests only; other crates using this harness pass their engine.
-        let Some(engine) = option_env!("CARGO_BIN_EXE_dev-engine") else {
-            panic!("the default engine is dev-engine; elsewhere use Stack::start_engine")
-        };
-        Stack::start_engine(Path::new(engine), config, engine_args)
+        Stack::start_engine(&workspace_bin("dev-engine"), config, engine_args)
     }
 
     /// Starts everything with the engine binary `engine` (e.g. one the builder built).
@@ -151,10 +163,12 @@ impl Stack {
 
     /// [`Stack::start_with`] with Envoy's ext_proc filter set up as `envoy` says.
     pub fn start_with_envoy(config: &str, engine_args: &[&str], envoy: &EnvoyOptions) -> Stack {
-        let Some(engine) = option_env!("CARGO_BIN_EXE_dev-engine") else {
-            panic!("the default engine is dev-engine; elsewhere use Stack::start_custom")
-        };
-        Stack::start_custom(Path::new(engine), Some(config), engine_args, envoy)
+        Stack::start_custom(
+            &workspace_bin("dev-engine"),
+            Some(config),
+            engine_args,
+            envoy,
+        )
     }
 
     /// Starts everything: `engine` with `config` and `engine_args`, Envoy as `envoy` says.

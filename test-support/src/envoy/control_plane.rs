@@ -54,11 +54,7 @@ impl ControlPlane {
     /// Starts the process again on the same port and directory; earlier events are kept.
     pub fn restart(&mut self) {
         self.kill();
-        // Set for the policy-e2e tests only (the builder's tests share this harness).
-        let Some(bin) = option_env!("CARGO_BIN_EXE_control-plane") else {
-            panic!("the control-plane binary is built by the policy-e2e package")
-        };
-        let mut child = Command::new(bin)
+        let mut child = Command::new(super::workspace_bin("control-plane"))
             .arg("--dir")
             .arg(&self.dir)
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
