@@ -6,52 +6,14 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use policy_core::condition::Condition;
 use policy_core::{Decision, Registry, load};
 use policy_sdk::{
-    ImmediateResponse, Outcome, Policy, PolicyError, Request, RequestAction, RequestContext,
-    RequestPolicy, UpstreamRequestMods,
+    Outcome, Policy, PolicyError, Request, RequestAction, RequestContext, RequestPolicy,
+    UpstreamRequestMods,
 };
 use serde::Deserialize;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
-
-mod require {
-    use super::*;
-
-    #[derive(Deserialize)]
-    pub struct Params {
-        header: String,
-    }
-
-    /// Rejects requests without a header; records who called.
-    pub struct Require(String);
-
-    impl Policy for Require {
-        type Params = Params;
-        fn new(p: Params) -> Result<Self, PolicyError> {
-            Ok(Require(p.header))
-        }
-    }
-
-    impl RequestPolicy for Require {
-        fn on_request<'a>(&'a self, ctx: &'a mut RequestContext) -> Outcome<'a, RequestAction> {
-            match ctx.request().header(&self.0) {
-                None => Outcome::ready(ImmediateResponse::new(401)),
-                Some(_) => {
-                    ctx.metadata_mut().set("auth.user", "alice");
-                    Outcome::ready(RequestAction::pass())
-                }
-            }
-        }
-    }
-
-    policy_sdk::export_policy!(
-        Require,
-        phases = [request],
-        definition = "name: require\nversion: 1.0.0\ndescription: bench\nphases: [request]\n\
-                      parameters: {type: object, required: [header], properties: {header: {type: string}}}\n"
-    );
-}
 
 mod tag {
     use super::*;
@@ -98,11 +60,11 @@ version: v1
 routes:
   - route: api
     policies:
-      - {name: require, version: 1.0.0, params: {header: x-api-key}}
+      - {name: require-header, version: 1.0.0, params: {header: x-api-key}}
       - {name: tag, version: 1.0.0, params: {set: [x-consumer, alice]}}
       - name: tag
         version: 1.0.0
-        condition: 'metadata["auth.user"] == "alice" && request.method in ["GET", "POST"]'
+        condition: 'metadata["auth.user"] == "k-123456" && request.method in ["GET", "POST"]'
         params: {set: [x-admin, "true"]}
       - {name: tag, version: 1.0.0, params: {remove: x-api-key}}
       - {name: tag, version: 1.0.0, params: {set: [x-gateway, engine]}}
@@ -134,7 +96,7 @@ fn now<F: Future>(future: F) -> F::Output {
 fn bench(c: &mut Criterion) {
     let mut registry = Registry::new();
     registry
-        .register(require::policy_export())
+        .register(policy_test_support::policies::require_header::policy_export())
         .expect("registers");
     registry.register(tag::policy_export()).expect("registers");
     let snapshot = load(CONFIG, "bench.yaml", &registry).expect("valid config");

@@ -152,7 +152,7 @@ async fn on_failure_deny_stops_with_the_failing_policy_named() {
         panic!("expected a denial, got {decision:?}")
     };
     assert_eq!(&*denial.policy, "fail:1.0.0");
-    assert_eq!(denial.error.to_string(), "backend unreachable");
+    assert_eq!(denial.error.to_string(), "the test backend is unreachable");
     assert!(!ctx.metadata().contains("seen.b"));
 }
 

@@ -1,7 +1,6 @@
-//! `dev-engine`: the engine with the sample policies that exist so far and a few test policies,
-//! for development and the end-to-end tests (the builder produces the real `policy-engine`).
-
-mod policies;
+//! `dev-engine`: the engine with the sample policies and the end-to-end test policies
+//! (`policy_test_support::policies::e2e_exports`), for development and the end-to-end tests
+//! (the builder produces the real `policy-engine`).
 
 use policy_core::Registry;
 use std::process::ExitCode;
@@ -19,15 +18,10 @@ fn main() -> ExitCode {
         respond::policy_export(),
         security_headers::policy_export(),
         set_header::policy_export(),
-        policies::require_header::policy_export(),
-        policies::quota::policy_export(),
-        policies::meta_header::policy_export(),
-        policies::body_rewrite::policy_export(),
-        policies::fail::policy_export(),
-        policies::reroute::policy_export(),
-        policies::slow::policy_export(),
-        policies::panic::policy_export(),
-    ] {
+    ]
+    .into_iter()
+    .chain(policy_test_support::policies::e2e_exports())
+    {
         if let Err(error) = registry.register(export) {
             eprintln!("dev-engine: {error}");
             return ExitCode::FAILURE;
