@@ -239,7 +239,13 @@ apply() { # FILE: swap it in and wait until the engine serves it
   local before
   before="$(config_version)"
   cp "$1" "$work/routes.yaml.new" && mv "$work/routes.yaml.new" "$work/routes.yaml"
-  while [ "$(config_version)" = "$before" ]; do sleep 0.05; done
+  for _ in $(seq 1 1200); do
+    [ "$(config_version)" = "$before" ] || return 0
+    sleep 0.05
+  done
+  echo "the engine did not apply $1 within 60 s:" >&2
+  tail -20 "$work/engine.err" >&2
+  return 1
 }
 for generation in 2 3; do
   { cat "$work/routes.yaml.base"; scripts/gen-routes.sh 5000 "$generation" | tail -n +3; } >"$work/gen$generation.yaml"

@@ -19,7 +19,12 @@ pub struct Admin {
     state: Arc<EngineState>,
     registry: Arc<Registry>,
     build_info: Value,
+    /// Renders running at once: each takes a thread, and scrapers may be many.
+    renders: Arc<tokio::sync::Semaphore>,
 }
+
+/// The most `/metrics` or `/config` answers rendered at once; more wait their turn.
+const MAX_CONCURRENT_RENDERS: usize = 2;
 
 impl Admin {
     /// An admin API over the engine's state, registry and build information.
@@ -28,6 +33,7 @@ impl Admin {
             state,
             registry,
             build_info,
+            renders: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_RENDERS)),
         }
     }
 
@@ -78,8 +84,11 @@ async fn ready(State(admin): Shared) -> Response {
 /// Runs `render` on a background thread: a large configuration or many routes' series take a
 /// while to print, and the threads that serve requests must not wait for that.
 async fn off_the_data_path<T: Send + 'static>(
+    admin: &Admin,
     render: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Response> {
+    // The semaphore is never closed, so acquiring only waits.
+    let _turn = admin.renders.acquire().await;
     crate::background::run("admin-render", render)
         .await
         .map_err(|error| {
@@ -92,7 +101,8 @@ async fn off_the_data_path<T: Send + 'static>(
 }
 
 async fn metrics(State(admin): Shared) -> Response {
-    let text = match off_the_data_path(move || admin.state.metrics().render()).await {
+    let metrics = Arc::clone(admin.state.metrics());
+    let text = match off_the_data_path(&admin, move || metrics.render()).await {
         Ok(text) => text,
         Err(failed) => return failed,
     };
@@ -111,7 +121,7 @@ async fn config(State(admin): Shared) -> Response {
             &json!({"error": "no valid configuration loaded yet"}),
         );
     };
-    let body = off_the_data_path(move || {
+    let body = off_the_data_path(&admin, move || {
         let loaded_at = snapshot
             .loaded_at()
             .duration_since(UNIX_EPOCH)

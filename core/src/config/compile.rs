@@ -133,7 +133,7 @@ pub(super) fn compile(
             if !policy.enabled {
                 continue;
             }
-            let key: Arc<str> = format!("{}:{}", policy.name, policy.version).into();
+            let key = built.key;
             let definition = built.definition;
             let metrics = registry.metrics().policy(&key);
             let condition_errors = chain.metrics.condition_errors(&key);
@@ -251,6 +251,8 @@ fn redact(value: &mut Value, secrets: &std::collections::BTreeSet<String>) {
 
 /// A policy entry validated and instantiated.
 struct Built<'r> {
+    /// `name:version`.
+    key: Arc<str>,
     definition: &'r crate::definition::PolicyDefinition,
     instance: PolicyInstance,
     condition: Option<Condition>,
@@ -334,11 +336,12 @@ fn build_policy<'r>(
         .unwrap_or_else(|| Value::Object(Default::default()));
     let definition = registered.definition();
     let build = |fail: &mut dyn FnMut(&str, String)| instantiate(registered, params.clone(), fail);
+    let policy_key: Arc<str> = definition.key().into();
     let instance = if policy.enabled {
         let key = InstanceKey::new(
             entries.route,
             registered.shared_across_routes(),
-            &format!("{}:{}", policy.name, policy.version).into(),
+            &policy_key,
             &params,
         );
         let nth = entries.seen.entry(key.clone()).or_default();
@@ -367,6 +370,7 @@ fn build_policy<'r>(
         }
     }
     Some(Built {
+        key: policy_key,
         definition,
         instance,
         condition: condition.filter(|_| condition_ok),
