@@ -5,6 +5,7 @@ pub mod condition;
 pub mod config;
 /// Policy definitions (the `policy-definition` crate).
 pub use policy_definition as definition;
+pub mod edit;
 pub mod error_id;
 pub mod metrics;
 pub mod registry;
@@ -12,5 +13,6 @@ pub mod snapshot;
 
 pub use chain::{Chain, Decision, Denial, Needs, Trace};
 pub use config::{ConfigError, InstanceCounts, Problem, load, load_keeping, load_value};
+pub use edit::{Edit, HeaderEdit};
 pub use registry::{RegisteredPolicy, Registry, RegistryError};
 pub use snapshot::Snapshot;

@@ -1,6 +1,7 @@
 //! What the tests share: small [`policies`] that exercise the engine's semantics (for the core's
-//! and the hosts' tests), and the end-to-end harness that runs an engine behind a real Envoy
-//! ([`envoy`], for the end-to-end and the builder's tests).
+//! and the hosts' tests), the end-to-end harness that runs an engine behind a real Envoy
+//! ([`envoy`], for the end-to-end and the builder's tests), and signed tokens with a JWKS
+//! endpoint ([`jwt`], for the JWT sample's and the end-to-end tests).
 #![allow(
     missing_debug_implementations,
     clippy::new_without_default,
@@ -8,4 +9,5 @@
 )]
 
 pub mod envoy;
+pub mod jwt;
 pub mod policies;

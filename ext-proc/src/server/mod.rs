@@ -1,8 +1,10 @@
 //! The ext_proc gRPC server: Envoy's External Processing API over the policy core.
 //!
-//! `translate` owns every Envoy type; `stream` runs one exchange per gRPC stream; `rescue` turns
-//! failures into client responses.
+//! `translate` owns every Envoy type and converts Envoy's messages from and to the domain ones of
+//! `message`; `stream` runs one exchange per gRPC stream over those; `rescue` turns failures into
+//! client responses.
 
+mod message;
 mod rescue;
 mod stream;
 mod translate;
@@ -15,7 +17,6 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
 };
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use futures_util::{Stream, StreamExt};
-use policy_sdk::Request;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -51,19 +52,6 @@ impl FromStr for RouteKey {
             _ => Err(format!(
                 "{s:?} is not a route key source; use attribute:<name> (e.g. attribute:xds.route_name) or header:<name>"
             )),
-        }
-    }
-}
-
-impl RouteKey {
-    fn find<'a>(
-        &self,
-        msg: &'a ProcessingRequest,
-        request: Option<&'a Request>,
-    ) -> Option<&'a str> {
-        match self {
-            RouteKey::Attribute(name) => translate::attribute(msg, name),
-            RouteKey::Header(name) => request?.header(name),
         }
     }
 }
@@ -144,13 +132,26 @@ pub async fn replay(service: &ExtProc, messages: Vec<ProcessingRequest>) -> Repl
     let mut exchange = Exchange::new(Arc::clone(&service.shared));
     let mut answers = Vec::new();
     for msg in messages {
-        match exchange.handle(msg).await {
+        match service.handle(&mut exchange, msg).await {
             Ok(more) => answers.extend(more),
             Err(error) => return (answers, Some(error.to_string())),
         }
     }
     exchange.ended_early(false);
     (answers, None)
+}
+
+impl ExtProc {
+    /// Envoy's answers to `msg`, through the domain's.
+    async fn handle(
+        &self,
+        exchange: &mut Exchange,
+        msg: ProcessingRequest,
+    ) -> Result<Vec<ProcessingResponse>, message::ProtocolError> {
+        let incoming = translate::incoming(msg, &self.shared.options.route_key)?;
+        let replies = exchange.handle(incoming).await?;
+        Ok(replies.into_iter().map(translate::outgoing).collect())
+    }
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
@@ -166,15 +167,17 @@ impl ExternalProcessor for ExtProc {
         let inbound = request.into_inner();
         let exchange = Exchange::new(Arc::clone(&self.shared));
         let open = self.shared.state.metrics().stream_opened();
+        let service = self.clone();
         // The answers to each message, in order, on this task: no spawn, no channel.
-        let responses =
-            futures_util::stream::unfold(Some((inbound, exchange, open)), |state| async move {
-                let (mut inbound, mut exchange, open) = state?;
+        let responses = futures_util::stream::unfold(
+            Some((inbound, exchange, open, service)),
+            |state| async move {
+                let (mut inbound, mut exchange, open, service) = state?;
                 match inbound.message().await {
-                    Ok(Some(msg)) => match exchange.handle(msg).await {
+                    Ok(Some(msg)) => match service.handle(&mut exchange, msg).await {
                         Ok(answers) => Some((
                             answers.into_iter().map(Ok).collect::<Vec<_>>(),
-                            Some((inbound, exchange, open)),
+                            Some((inbound, exchange, open, service)),
                         )),
                         Err(error) => {
                             tracing::warn!(%error, "ext_proc protocol error: closing the stream");
@@ -192,7 +195,7 @@ impl ExternalProcessor for ExtProc {
                         let oversized = status.code() == tonic::Code::OutOfRange;
                         let settled = exchange.settled();
                         match exchange.ended_early(oversized) {
-                            Some(answer) => Some((vec![Ok(answer)], None)),
+                            Some(answer) => Some((vec![Ok(translate::outgoing(answer))], None)),
                             None if oversized && !settled => Some((
                                 vec![Err(Status::resource_exhausted(
                                     "a message larger than the policy engine accepts",
@@ -203,8 +206,9 @@ impl ExternalProcessor for ExtProc {
                         }
                     }
                 }
-            })
-            .flat_map(futures_util::stream::iter);
+            },
+        )
+        .flat_map(futures_util::stream::iter);
         Ok(tonic::Response::new(Box::pin(responses)))
     }
 }

@@ -5,36 +5,17 @@
 //! needs that never comes is logged and counted ([`Exchange::expecting`]).
 
 use super::Shared;
+use super::message::{BodyMode, Incoming, Message, ProtocolError, Reply, Step};
 use super::rescue::{Failure, rescue};
-use super::translate::{self, BodyMode, Extra};
 use crate::chain::{Chain, Decision, Trace};
 use crate::metrics::{Metrics, Phase, Refusal, RouteMetrics, Verdict};
-use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as In;
-use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Out;
-use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyResponse, CommonResponse, HeadersResponse, ProcessingRequest, ProcessingResponse,
-    TrailersResponse,
-};
+use policy_core::Edit;
 use policy_sdk::{ImmediateResponse, Metadata, Request, RequestContext, Response, ResponseContext};
 use std::sync::Arc;
 
-/// A message that breaks the protocol; the stream ends with an error, the server lives on.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub(crate) enum ProtocolError {
-    /// The message carries nothing.
-    #[error("a processing request without a message")]
-    Empty,
-    /// A message arrived where the exchange cannot take it.
-    #[error("{got} arrived out of phase")]
-    OutOfPhase {
-        /// What arrived.
-        got: &'static str,
-    },
-}
-
 /// The answers to one message: usually one, none while body parts are gathered, several when the
 /// last part releases the parts held before it.
-pub(crate) type Answers = Vec<ProcessingResponse>;
+pub(crate) type Answers = Vec<Reply>;
 
 /// The most body parts one exchange holds unanswered (Envoy sends parts as they arrive, so a
 /// body within the limit fits; an endless run of empty parts does not).
@@ -139,7 +120,7 @@ impl Exchange {
     /// The stream ended (Envoy closed it, or it broke) before the chain saw all it needs: logs
     /// and counts it. `oversized`: the stream broke on a message above the decode limit, which
     /// the engine answers as a body past the limit.
-    pub(crate) fn ended_early(&mut self, oversized: bool) -> Option<ProcessingResponse> {
+    pub(crate) fn ended_early(&mut self, oversized: bool) -> Option<Reply> {
         let expected = self.expecting()?;
         let limit = self.shared.options.max_body_bytes;
         match (&self.stage, oversized) {
@@ -175,31 +156,38 @@ impl Exchange {
     }
 
     /// Ends the exchange with `response` to the client, counted as `verdict`.
-    fn end_with(&mut self, verdict: Verdict, response: ImmediateResponse) -> ProcessingResponse {
+    fn end_with(&mut self, verdict: Verdict, response: ImmediateResponse) -> Reply {
         self.stage = Stage::Done;
-        let response = match self.conclude(verdict, response.status()) {
+        Reply::Respond(match self.conclude(verdict, response.status()) {
             Some(trace) => response.with_header(EXPLAIN_HEADER, trace),
             None => response,
-        };
-        immediate(&response)
+        })
     }
 
     /// Answers one message.
-    pub(crate) async fn handle(
-        &mut self,
-        mut msg: ProcessingRequest,
-    ) -> Result<Answers, ProtocolError> {
-        let input = msg.request.take().ok_or(ProtocolError::Empty)?;
-        if let Some(modes) = translate::body_modes(&msg) {
-            self.modes = Some(modes);
+    pub(crate) async fn handle(&mut self, incoming: Incoming) -> Result<Answers, ProtocolError> {
+        let Incoming { message, modes } = incoming;
+        if modes.is_some() {
+            self.modes = modes;
         }
         let stage = std::mem::replace(&mut self.stage, Stage::Done);
-        match (input, stage) {
-            (In::RequestHeaders(h), Stage::Start) => one(self
-                .request_headers(&msg, h.headers.as_ref(), h.end_of_stream)
+        match (message, stage) {
+            (
+                Message::RequestHeaders {
+                    request,
+                    request_id,
+                    route,
+                    end_of_stream,
+                },
+                Stage::Start,
+            ) => one(self
+                .request_headers(request, request_id, route, end_of_stream)
                 .await),
             (
-                In::RequestBody(b),
+                Message::RequestBody {
+                    body,
+                    end_of_stream,
+                },
                 Stage::RequestBody {
                     chain,
                     request,
@@ -207,10 +195,10 @@ impl Exchange {
                 },
             ) => {
                 let mode = self.modes.map(|m| m.0);
-                if let Err(failure) = self.gather(&mut gathered, b.body, b.end_of_stream, mode) {
+                if let Err(failure) = self.gather(&mut gathered, body, end_of_stream, mode) {
                     return one(self.fail(failure));
                 }
-                if !self.complete(b.end_of_stream, mode) {
+                if !self.complete(end_of_stream, mode) {
                     self.stage = Stage::RequestBody {
                         chain,
                         request,
@@ -223,17 +211,20 @@ impl Exchange {
                 let _reserved = gathered.reserved.take();
                 let request = request.with_body(gathered.bytes);
                 let last = self.run_request(chain, request, true).await;
-                Ok(release(held, last, Out::RequestBody))
+                Ok(release(held, last, Step::RequestBody))
             }
             (
-                In::ResponseHeaders(h),
+                Message::ResponseHeaders {
+                    response,
+                    end_of_stream,
+                },
                 Stage::ResponseHeaders {
                     chain,
                     request,
                     metadata,
                 },
             ) => {
-                let response = match translate::response(h.headers.as_ref()) {
+                let response = match response {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::warn!(route = %self.route, request_id = %self.request_id, error = %e, "unusable upstream response");
@@ -242,7 +233,7 @@ impl Exchange {
                         );
                     }
                 };
-                if chain.needs().response_body && !h.end_of_stream {
+                if chain.needs().response_body && !end_of_stream {
                     self.stage = Stage::ResponseBody {
                         chain,
                         request,
@@ -250,7 +241,7 @@ impl Exchange {
                         response,
                         gathered: Gathered::default(),
                     };
-                    return one(reply(Out::ResponseHeaders(HeadersResponse::default())));
+                    return one(Reply::Acknowledge(Step::ResponseHeaders));
                 }
                 let response = if chain.needs().response_body {
                     response.with_body(Vec::new())
@@ -262,7 +253,10 @@ impl Exchange {
                     .await)
             }
             (
-                In::ResponseBody(b),
+                Message::ResponseBody {
+                    body,
+                    end_of_stream,
+                },
                 Stage::ResponseBody {
                     chain,
                     request,
@@ -273,10 +267,10 @@ impl Exchange {
             ) => {
                 self.phase = Phase::Response;
                 let mode = self.modes.map(|m| m.1);
-                if let Err(failure) = self.gather(&mut gathered, b.body, b.end_of_stream, mode) {
+                if let Err(failure) = self.gather(&mut gathered, body, end_of_stream, mode) {
                     return one(self.fail(failure));
                 }
-                if !self.complete(b.end_of_stream, mode) {
+                if !self.complete(end_of_stream, mode) {
                     self.stage = Stage::ResponseBody {
                         chain,
                         request,
@@ -292,9 +286,9 @@ impl Exchange {
                 let last = self
                     .run_response(chain, request, metadata, response, true)
                     .await;
-                Ok(release(held, last, Out::ResponseBody))
+                Ok(release(held, last, Step::ResponseBody))
             }
-            (In::ResponseHeaders(_), Stage::RequestBody { .. }) => {
+            (Message::ResponseHeaders { .. }, Stage::RequestBody { .. }) => {
                 // Envoy ignored the mode override: the request went upstream without its chain.
                 // Fail closed on the way back and say how to fix the proxy.
                 tracing::error!(route = %self.route, request_id = %self.request_id, "Envoy did not send the request body the route's chain needs; set request_body_mode: BUFFERED on the ext_proc filter (docs/envoy.md)");
@@ -305,37 +299,42 @@ impl Exchange {
             // Phases Envoy sends although this exchange needs nothing from them (its filter
             // configuration asks for more than the chain does, and the override that turns them
             // off was not honoured): acknowledge them unchanged.
-            (In::RequestBody(_), stage @ (Stage::ResponseHeaders { .. } | Stage::Done)) => {
+            (
+                Message::RequestBody { .. },
+                stage @ (Stage::ResponseHeaders { .. } | Stage::Done),
+            ) => {
                 self.stage = stage;
-                one(reply(Out::RequestBody(BodyResponse::default())))
+                one(Reply::Acknowledge(Step::RequestBody))
             }
-            (In::ResponseHeaders(_), Stage::Done) => {
-                one(reply(Out::ResponseHeaders(HeadersResponse::default())))
+            (Message::ResponseHeaders { .. }, Stage::Done) => {
+                one(Reply::Acknowledge(Step::ResponseHeaders))
             }
-            (In::ResponseBody(_), Stage::Done) => {
-                one(reply(Out::ResponseBody(BodyResponse::default())))
+            (Message::ResponseBody { .. }, Stage::Done) => {
+                one(Reply::Acknowledge(Step::ResponseBody))
             }
-            (In::RequestTrailers(_), stage @ (Stage::ResponseHeaders { .. } | Stage::Done)) => {
+            (Message::RequestTrailers, stage @ (Stage::ResponseHeaders { .. } | Stage::Done)) => {
                 self.stage = stage;
-                one(reply(Out::RequestTrailers(TrailersResponse::default())))
+                one(Reply::Acknowledge(Step::RequestTrailers))
             }
-            (In::ResponseTrailers(_), Stage::Done) => {
-                one(reply(Out::ResponseTrailers(TrailersResponse::default())))
+            (Message::ResponseTrailers, Stage::Done) => {
+                one(Reply::Acknowledge(Step::ResponseTrailers))
             }
             // Trailers while a body is awaited: the body ended without `end_of_stream`, and the
             // chain never saw it whole. Refuse rather than judge a part.
-            (In::RequestTrailers(_), Stage::RequestBody { .. }) => {
+            (Message::RequestTrailers, Stage::RequestBody { .. }) => {
                 one(self.fail(Failure::PartialBody {
                     phase: Phase::Request,
                 }))
             }
-            (In::ResponseTrailers(_), Stage::ResponseBody { .. }) => {
+            (Message::ResponseTrailers, Stage::ResponseBody { .. }) => {
                 self.phase = Phase::Response;
                 one(self.fail(Failure::PartialBody {
                     phase: Phase::Response,
                 }))
             }
-            (input, _) => Err(ProtocolError::OutOfPhase { got: name(&input) }),
+            (message, _) => Err(ProtocolError::OutOfPhase {
+                got: message.name(),
+            }),
         }
     }
 
@@ -395,22 +394,13 @@ impl Exchange {
 
     async fn request_headers(
         &mut self,
-        msg: &ProcessingRequest,
-        headers: Option<&envoy_types::pb::envoy::config::core::v3::HeaderMap>,
+        request: Result<Request, super::translate::TranslateError>,
+        request_id: String,
+        route: Option<String>,
         end_of_stream: bool,
-    ) -> ProcessingResponse {
-        let request = translate::request(msg, headers);
-        self.request_id = match &request {
-            Ok(req) => req.request_id().to_owned(),
-            Err(_) => translate::request_id(headers).unwrap_or_default(),
-        };
-        self.route = self
-            .shared
-            .options
-            .route_key
-            .find(msg, request.as_ref().ok())
-            .unwrap_or_default()
-            .to_owned();
+    ) -> Reply {
+        self.request_id = request_id;
+        self.route = route.unwrap_or_default();
         let Some(snapshot) = self.shared.state.current() else {
             return self.fail(Failure::NotReady);
         };
@@ -448,9 +438,11 @@ impl Exchange {
                 request,
                 gathered: Gathered::default(),
             };
-            let mut response = reply(Out::RequestHeaders(HeadersResponse::default()));
-            response.mode_override = Some(translate::mode(needs));
-            return response;
+            return Reply::Continue {
+                step: Step::RequestHeaders,
+                edit: Edit::default(),
+                needs: Some(needs),
+            };
         }
         let request = if needs.request_body {
             request.with_body(Vec::new())
@@ -461,12 +453,7 @@ impl Exchange {
     }
 
     /// Runs the request chain; `at_body`: Envoy holds headers and body (BUFFERED).
-    async fn run_request(
-        &mut self,
-        chain: Arc<Chain>,
-        request: Request,
-        at_body: bool,
-    ) -> ProcessingResponse {
+    async fn run_request(&mut self, chain: Arc<Chain>, request: Request, at_body: bool) -> Reply {
         let mut ctx = RequestContext::new(request);
         match chain
             .run_request_traced(&mut ctx, self.trace.as_mut())
@@ -483,32 +470,18 @@ impl Exchange {
             ));
         }
         self.conclude(Verdict::Continue, 0);
-        let req = ctx.request();
-        let mut pseudo = Vec::new();
-        if changes.path() {
-            pseudo.push((":path", req.path().to_owned()));
-        }
-        if changes.method() {
-            pseudo.push((":method", req.method().to_owned()));
-        }
-        let body = changes.body().then(|| req.body().unwrap_or_default());
-        let extra = Extra {
-            pseudo: &pseudo,
-            content_length: body.map(<[u8]>::len),
-        };
-        let mutation = translate::header_mutation(changes, req.headers(), &extra);
-        let common = translate::common(mutation, body, changes.path() || changes.method());
-        let mut response = if at_body {
-            reply(Out::RequestBody(BodyResponse { response: common }))
-        } else {
-            reply(Out::RequestHeaders(HeadersResponse { response: common }))
-        };
         let needs = chain.needs();
-        if !at_body {
+        let reply = Reply::Continue {
+            step: if at_body {
+                Step::RequestBody
+            } else {
+                Step::RequestHeaders
+            },
+            edit: Edit::of_request(&ctx),
             // Turns off what Envoy's filter sends and this chain does not need (the filter is
             // configured to send what the most demanding chain could need: docs/envoy.md).
-            response.mode_override = Some(translate::mode(needs));
-        }
+            needs: (!at_body).then_some(needs),
+        };
         if needs.response_headers {
             let (mut request, metadata) = ctx.into_parts();
             if !needs.request_body_in_response {
@@ -521,7 +494,7 @@ impl Exchange {
                 metadata,
             };
         }
-        response
+        reply
     }
 
     async fn run_response(
@@ -531,7 +504,7 @@ impl Exchange {
         metadata: Metadata,
         response: Response,
         at_body: bool,
-    ) -> ProcessingResponse {
+    ) -> Reply {
         self.phase = Phase::Response;
         let mut ctx = ResponseContext::new(request, response, metadata);
         match chain
@@ -549,41 +522,30 @@ impl Exchange {
             ));
         }
         self.conclude(Verdict::Continue, 0);
-        let resp = ctx.response();
-        let pseudo = if changes.status() {
-            vec![(":status", resp.status().to_string())]
-        } else {
-            Vec::new()
-        };
-        let body = changes.body().then(|| resp.body().unwrap_or_default());
-        let extra = Extra {
-            pseudo: &pseudo,
-            content_length: body.map(<[u8]>::len),
-        };
-        let mutation = translate::header_mutation(changes, resp.headers(), &extra);
-        let common = translate::common(mutation, body, false);
-        if at_body {
-            reply(Out::ResponseBody(BodyResponse { response: common }))
-        } else {
-            reply(Out::ResponseHeaders(HeadersResponse { response: common }))
+        Reply::Continue {
+            step: if at_body {
+                Step::ResponseBody
+            } else {
+                Step::ResponseHeaders
+            },
+            edit: Edit::of_response(&ctx),
+            needs: None,
         }
     }
 
     /// A policy's own answer to the client.
-    fn answer(&mut self, response: ImmediateResponse) -> ProcessingResponse {
+    fn answer(&mut self, response: ImmediateResponse) -> Reply {
         self.end_with(Verdict::Immediate, response)
     }
 
     /// The engine's answer to a failure.
-    fn fail(&mut self, failure: Failure) -> ProcessingResponse {
+    fn fail(&mut self, failure: Failure) -> Reply {
         self.metrics.refused(failure.refusal());
         let response = rescue(failure, &self.route, &self.request_id);
         self.end_with(Verdict::Error, response)
     }
 }
 
-/// The answers that end a body gathered over `held` parts: the parts before the last go on as
-/// they were, or emptied when the chain replaced the body (the last part then carries all of it).
 impl Drop for Exchange {
     /// A stream dropped mid-exchange (Envoy reset it, or tonic stopped polling) is an early end.
     fn drop(&mut self) {
@@ -591,51 +553,32 @@ impl Drop for Exchange {
     }
 }
 
+/// The answers that end a body gathered over `held` parts: the parts before the last go on as
+/// they were, or emptied when the chain replaced the body (the last part then carries all of it).
 /// An immediate answer goes alone: none of the held parts is let through.
-fn release(held: usize, last: ProcessingResponse, body: fn(BodyResponse) -> Out) -> Answers {
-    if matches!(&last.response, Some(Out::ImmediateResponse(_))) {
-        return vec![last];
-    }
+fn release(held: usize, last: Reply, step: Step) -> Answers {
+    let replaced = match &last {
+        Reply::Respond(_) => return vec![last],
+        Reply::Continue { edit, .. } => edit.body.is_some(),
+        Reply::Acknowledge(_) => false,
+    };
     let mut answers = Vec::with_capacity(held.max(1));
-    let replaced = matches!(
-        &last.response,
-        Some(Out::RequestBody(BodyResponse { response: Some(c) }) | Out::ResponseBody(BodyResponse { response: Some(c) }))
-            if c.body_mutation.is_some()
-    );
     for _ in 1..held {
-        let common = replaced.then(|| CommonResponse {
-            body_mutation: translate::clear_body(),
-            ..CommonResponse::default()
+        answers.push(if replaced {
+            Reply::Continue {
+                step,
+                edit: Edit::clear_body(),
+                needs: None,
+            }
+        } else {
+            Reply::Acknowledge(step)
         });
-        answers.push(reply(body(BodyResponse { response: common })));
     }
     answers.push(last);
     answers
 }
 
 /// The single answer to a message.
-fn one(response: ProcessingResponse) -> Result<Answers, ProtocolError> {
-    Ok(vec![response])
-}
-
-fn reply(response: Out) -> ProcessingResponse {
-    ProcessingResponse {
-        response: Some(response),
-        ..Default::default()
-    }
-}
-
-fn immediate(response: &ImmediateResponse) -> ProcessingResponse {
-    reply(Out::ImmediateResponse(translate::immediate(response)))
-}
-
-fn name(input: &In) -> &'static str {
-    match input {
-        In::RequestHeaders(_) => "request headers",
-        In::ResponseHeaders(_) => "response headers",
-        In::RequestBody(_) => "a request body",
-        In::ResponseBody(_) => "a response body",
-        In::RequestTrailers(_) => "request trailers",
-        In::ResponseTrailers(_) => "response trailers",
-    }
+fn one(reply: Reply) -> Result<Answers, ProtocolError> {
+    Ok(vec![reply])
 }

@@ -8,15 +8,23 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingM
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{
     BodySendMode, HeaderSendMode,
 };
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as In;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Out;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyMutation, CommonResponse, HeaderMutation, ImmediateResponse as PbImmediateResponse,
-    ProcessingRequest, body_mutation,
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody,
+    HttpHeaders, HttpTrailers, ImmediateResponse as PbImmediateResponse, ProcessingRequest,
+    ProcessingResponse, ProtocolConfiguration, TrailersResponse, body_mutation,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::google::protobuf::Struct;
 use envoy_types::pb::google::protobuf::value::Kind;
-use policy_sdk::{Changes, HeaderChange, HeaderMap, ImmediateResponse, Request, Response};
+use policy_core::{Edit, HeaderEdit};
+use policy_sdk::{HeaderMap, ImmediateResponse, Request, Response};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use super::RouteKey;
+use super::message::{BodyMode, Incoming, Message, ProtocolError, Reply, Step};
 use crate::chain::Needs;
 
 /// The attribute namespace Envoy's ext_proc filter fills from `request_attributes`.
@@ -69,9 +77,149 @@ fn split(block: Option<&PbHeaderMap>) -> Result<Split, TranslateError> {
     Ok(out)
 }
 
+/// Envoy's message as the exchange sees it; the route key is looked up by `key`.
+///
+/// Every field is named, none skipped with `..`: a field a newer envoy-types adds is a compile
+/// error here, to be judged for what it means to a chain before it is ignored.
+pub(crate) fn incoming(msg: ProcessingRequest, key: &RouteKey) -> Result<Incoming, ProtocolError> {
+    let ProcessingRequest {
+        request,
+        // Envoy's dynamic metadata: chains read their own metadata, not the proxy's.
+        metadata_context: _,
+        attributes,
+        // In observability mode Envoy does not wait for answers, so no chain can hold a request
+        // back; docs/envoy.md says never to enable it in front of this engine.
+        observability_mode: _,
+        protocol_config,
+        // Flow control of FULL_DUPLEX_STREAMED, a mode body chains refuse.
+        flow_control_init: _,
+        client_window_update: _,
+    } = msg;
+    let modes = protocol_config.map(
+        |ProtocolConfiguration {
+             request_body_mode,
+             response_body_mode,
+             // Only changes when Envoy streams body parts the engine gathers anyway.
+             send_body_without_waiting_for_header_response: _,
+         }| {
+            (
+                BodyMode::from_wire(request_body_mode),
+                BodyMode::from_wire(response_body_mode),
+            )
+        },
+    );
+    let message = match request.ok_or(ProtocolError::Empty)? {
+        In::RequestHeaders(HttpHeaders {
+            headers,
+            // Per-message attributes are deprecated; Envoy sends them on the request.
+            attributes: _,
+            end_of_stream,
+        }) => {
+            let request = self::request(&attributes, headers.as_ref());
+            let request_id = match &request {
+                Ok(req) => req.request_id().to_owned(),
+                Err(_) => self::request_id(headers.as_ref()).unwrap_or_default(),
+            };
+            let route = match key {
+                RouteKey::Attribute(name) => attribute(&attributes, name),
+                RouteKey::Header(name) => request.as_ref().ok().and_then(|r| r.header(name)),
+            }
+            .map(str::to_owned);
+            Message::RequestHeaders {
+                request,
+                request_id,
+                route,
+                end_of_stream,
+            }
+        }
+        In::RequestBody(body) => {
+            let (body, end_of_stream) = body_part(body);
+            Message::RequestBody {
+                body,
+                end_of_stream,
+            }
+        }
+        In::RequestTrailers(HttpTrailers { trailers: _ }) => Message::RequestTrailers,
+        In::ResponseHeaders(HttpHeaders {
+            headers,
+            attributes: _,
+            end_of_stream,
+        }) => Message::ResponseHeaders {
+            response: response(headers.as_ref()),
+            end_of_stream,
+        },
+        In::ResponseBody(body) => {
+            let (body, end_of_stream) = body_part(body);
+            Message::ResponseBody {
+                body,
+                end_of_stream,
+            }
+        }
+        In::ResponseTrailers(HttpTrailers { trailers: _ }) => Message::ResponseTrailers,
+    };
+    Ok(Incoming { message, modes })
+}
+
+/// The bytes of a body part and whether the body ends with it.
+fn body_part(part: HttpBody) -> (Vec<u8>, bool) {
+    let HttpBody {
+        body,
+        end_of_stream,
+        // FULL_DUPLEX_STREAMED's way to end a body with no bytes: the body ends all the same.
+        end_of_stream_without_message,
+        // gRPC framing flags of streamed gRPC bodies; the bytes are judged as they are.
+        grpc_message_compressed: _,
+        drain_complete: _,
+    } = part;
+    (body, end_of_stream || end_of_stream_without_message)
+}
+
+/// Envoy's message for `reply`.
+pub(crate) fn outgoing(reply: Reply) -> ProcessingResponse {
+    let mut mode_override = None;
+    let response = match reply {
+        Reply::Respond(response) => Out::ImmediateResponse(immediate(&response)),
+        Reply::Acknowledge(step) => answer(step, None),
+        Reply::Continue { step, edit, needs } => {
+            mode_override = needs.map(mode);
+            answer(step, common(edit))
+        }
+    };
+    // Every field named (a new one is a compile error); the deprecated ones stay unset.
+    #[allow(deprecated)]
+    ProcessingResponse {
+        response: Some(response),
+        mode_override,
+        dynamic_metadata: None,
+        typed_dynamic_metadata: HashMap::new(),
+        request_drain: false,
+        request_drain_requests: false,
+        request_drain_responses: false,
+        override_message_timeout: None,
+        server_window_update: None,
+    }
+}
+
+/// The answer to the message of `step`.
+fn answer(step: Step, response: Option<CommonResponse>) -> Out {
+    match step {
+        Step::RequestHeaders => Out::RequestHeaders(HeadersResponse { response }),
+        Step::ResponseHeaders => Out::ResponseHeaders(HeadersResponse { response }),
+        Step::RequestBody => Out::RequestBody(BodyResponse { response }),
+        Step::ResponseBody => Out::ResponseBody(BodyResponse { response }),
+        // Trailers are never changed.
+        Step::RequestTrailers => Out::RequestTrailers(TrailersResponse {
+            header_mutation: None,
+        }),
+        Step::ResponseTrailers => Out::ResponseTrailers(TrailersResponse {
+            header_mutation: None,
+        }),
+    }
+}
+
 /// The request of a `request_headers` message.
-pub(crate) fn request(
-    msg: &ProcessingRequest,
+fn request(
+    attributes: &HashMap<String, Struct>,
     headers: Option<&PbHeaderMap>,
 ) -> Result<Request, TranslateError> {
     let Split { pseudo, headers } = split(headers)?;
@@ -84,7 +232,8 @@ pub(crate) fn request(
         .with_scheme(scheme.unwrap_or_default())
         .with_request_id(request_id)
         .with_headers(headers);
-    if let Some(addr) = attribute(msg, "source.address").and_then(|a| a.parse::<SocketAddr>().ok())
+    if let Some(addr) =
+        attribute(attributes, "source.address").and_then(|a| a.parse::<SocketAddr>().ok())
     {
         request = request.with_client_address(addr);
     }
@@ -92,7 +241,7 @@ pub(crate) fn request(
 }
 
 /// The `x-request-id` of a header block, whatever else is wrong with it (for log lines).
-pub(crate) fn request_id(headers: Option<&PbHeaderMap>) -> Option<String> {
+fn request_id(headers: Option<&PbHeaderMap>) -> Option<String> {
     let h = headers?.headers.iter().find(|h| h.key == "x-request-id")?;
     let raw = if h.raw_value.is_empty() {
         h.value.as_bytes()
@@ -100,21 +249,6 @@ pub(crate) fn request_id(headers: Option<&PbHeaderMap>) -> Option<String> {
         &h.raw_value
     };
     Some(String::from_utf8_lossy(raw).into_owned())
-}
-
-/// How Envoy's filter sends a body, as it says in the stream's first message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum BodyMode {
-    /// Not sent.
-    None,
-    /// In parts as they arrive.
-    Streamed,
-    /// Whole, in one message.
-    Buffered,
-    /// Up to Envoy's buffer limit; the rest passes unseen.
-    BufferedPartial,
-    /// In parts, with the headers answered first (not supported for body chains).
-    FullDuplexStreamed,
 }
 
 impl BodyMode {
@@ -130,25 +264,8 @@ impl BodyMode {
     }
 }
 
-/// The request and response body modes of Envoy's filter, from `protocol_config` (present only
-/// in a stream's first message, and only from Envoy versions that send it).
-pub(crate) fn body_modes(msg: &ProcessingRequest) -> Option<(BodyMode, BodyMode)> {
-    let config = msg.protocol_config.as_ref()?;
-    Some((
-        BodyMode::from_wire(config.request_body_mode),
-        BodyMode::from_wire(config.response_body_mode),
-    ))
-}
-
-/// A body mutation that empties the body part it answers.
-pub(crate) fn clear_body() -> Option<BodyMutation> {
-    Some(BodyMutation {
-        mutation: Some(body_mutation::Mutation::ClearBody(true)),
-    })
-}
-
 /// The response of a `response_headers` message.
-pub(crate) fn response(headers: Option<&PbHeaderMap>) -> Result<Response, TranslateError> {
+fn response(headers: Option<&PbHeaderMap>) -> Result<Response, TranslateError> {
     let Split { pseudo, headers } = split(headers)?;
     let status = pseudo[4]
         .clone()
@@ -162,9 +279,8 @@ pub(crate) fn response(headers: Option<&PbHeaderMap>) -> Result<Response, Transl
 }
 
 /// A string attribute Envoy sent (from `request_attributes`), e.g. `xds.route_name`.
-pub(crate) fn attribute<'m>(msg: &'m ProcessingRequest, name: &str) -> Option<&'m str> {
-    match msg
-        .attributes
+fn attribute<'m>(attributes: &'m HashMap<String, Struct>, name: &str) -> Option<&'m str> {
+    match attributes
         .get(ATTRIBUTES)?
         .fields
         .get(name)?
@@ -177,104 +293,72 @@ pub(crate) fn attribute<'m>(msg: &'m ProcessingRequest, name: &str) -> Option<&'
 }
 
 fn set(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
+    // `append` is deprecated in favour of `append_action`, and must stay unset beside it.
+    #[allow(deprecated)]
     HeaderValueOption {
         header: Some(HeaderValue {
             key: key.to_owned(),
             value: String::new(),
             raw_value: value.as_bytes().to_vec(),
         }),
+        append: None,
         append_action: action as i32,
-        ..Default::default()
+        keep_empty_value: false,
     }
 }
 
-/// What the translation of a phase's changes needs besides the changes themselves.
-pub(crate) struct Extra<'a> {
-    /// `:path`/`:method` (request) or `:status` (response) to overwrite.
-    pub pseudo: &'a [(&'static str, String)],
-    /// The new body length when the body was replaced while Envoy holds the headers.
-    pub content_length: Option<usize>,
-}
-
-/// The header mutation for `changes` against the final `headers`.
-pub(crate) fn header_mutation(
-    changes: &Changes,
-    headers: &HeaderMap,
-    extra: &Extra<'_>,
-) -> Option<HeaderMutation> {
-    let mut m = HeaderMutation::default();
-    for change in changes.headers() {
-        match change {
-            HeaderChange::Replaced(name) => {
-                // Overwrite then append: independent of the order Envoy applies removals in.
-                let mut values = headers.get_all(name);
-                match values.next() {
-                    None => m.remove_headers.push(name.to_owned()),
-                    Some(first) => {
-                        m.set_headers.push(set(
-                            name,
-                            first,
-                            HeaderAppendAction::OverwriteIfExistsOrAdd,
-                        ));
-                        for v in values {
-                            m.set_headers.push(set(
-                                name,
-                                v,
-                                HeaderAppendAction::AppendIfExistsOrAdd,
-                            ));
-                        }
-                    }
-                }
+/// The header mutation for `edits` (`None` when there are none).
+fn header_mutation(edits: Vec<HeaderEdit>) -> Option<HeaderMutation> {
+    let mut m = HeaderMutation {
+        set_headers: Vec::new(),
+        remove_headers: Vec::new(),
+    };
+    for edit in edits {
+        match edit {
+            HeaderEdit::Set(name, value) => {
+                m.set_headers.push(set(
+                    &name,
+                    &value,
+                    HeaderAppendAction::OverwriteIfExistsOrAdd,
+                ));
             }
-            HeaderChange::Appended(name, values) => {
-                for v in values {
-                    m.set_headers
-                        .push(set(name, v, HeaderAppendAction::AppendIfExistsOrAdd));
-                }
+            HeaderEdit::Append(name, value) => {
+                m.set_headers
+                    .push(set(&name, &value, HeaderAppendAction::AppendIfExistsOrAdd));
             }
-            _ => {}
+            HeaderEdit::Remove(name) => m.remove_headers.push(name),
         }
-    }
-    for (name, value) in extra.pseudo {
-        m.set_headers
-            .push(set(name, value, HeaderAppendAction::OverwriteIfExistsOrAdd));
-    }
-    if let Some(len) = extra.content_length {
-        m.set_headers.push(set(
-            "content-length",
-            &len.to_string(),
-            HeaderAppendAction::OverwriteIfExistsOrAdd,
-        ));
-        m.remove_headers.push("transfer-encoding".to_owned());
     }
     (!m.set_headers.is_empty() || !m.remove_headers.is_empty()).then_some(m)
 }
 
-/// A `CommonResponse` carrying the mutations (or `None` when nothing changed).
-pub(crate) fn common(
-    mutation: Option<HeaderMutation>,
-    body: Option<&[u8]>,
-    clear_route_cache: bool,
-) -> Option<CommonResponse> {
-    if mutation.is_none() && body.is_none() && !clear_route_cache {
+/// A `CommonResponse` carrying `edit` (`None` when it changes nothing).
+fn common(edit: Edit) -> Option<CommonResponse> {
+    if edit.is_empty() {
         return None;
     }
+    let Edit {
+        headers,
+        body,
+        reroute,
+    } = edit;
     Some(CommonResponse {
-        header_mutation: mutation,
+        status: 0,
+        header_mutation: header_mutation(headers),
         body_mutation: body.map(|b| BodyMutation {
             mutation: Some(if b.is_empty() {
                 body_mutation::Mutation::ClearBody(true)
             } else {
-                body_mutation::Mutation::Body(b.to_vec())
+                body_mutation::Mutation::Body(b)
             }),
         }),
-        clear_route_cache,
-        ..Default::default()
+        trailers: None,
+        clear_route_cache: reroute,
     })
 }
 
 /// The processing mode a chain needs for the rest of the stream.
-pub(crate) fn mode(needs: Needs) -> ProcessingMode {
+fn mode(needs: Needs) -> ProcessingMode {
     ProcessingMode {
         request_header_mode: HeaderSendMode::Send as i32,
         response_header_mode: if needs.response_headers {
@@ -298,7 +382,7 @@ pub(crate) fn mode(needs: Needs) -> ProcessingMode {
 }
 
 /// An immediate response for Envoy to send to the client.
-pub(crate) fn immediate(response: &ImmediateResponse) -> PbImmediateResponse {
+fn immediate(response: &ImmediateResponse) -> PbImmediateResponse {
     let status = match response.status() {
         s @ 200..=599 => s,
         _ => 500,
@@ -330,15 +414,14 @@ pub(crate) fn immediate(response: &ImmediateResponse) -> PbImmediateResponse {
             remove_headers: Vec::new(),
         }),
         body: response.body().to_vec(),
+        grpc_status: None,
         details: "policy_engine".to_owned(),
-        ..Default::default()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy_sdk::{RequestContext, UpstreamRequestMods};
 
     fn block(pairs: &[(&str, &str)]) -> PbHeaderMap {
         PbHeaderMap {
@@ -366,9 +449,8 @@ mod tests {
 
     #[test]
     fn request_headers_split_into_pseudo_fields_and_headers() {
-        let msg = ProcessingRequest::default();
         let req = request(
-            &msg,
+            &HashMap::new(),
             Some(&block(&[
                 (":method", "POST"),
                 (":path", "/a?b=1"),
@@ -388,7 +470,7 @@ mod tests {
 
     #[test]
     fn malformed_headers_are_errors_not_defaults() {
-        let msg = ProcessingRequest::default();
+        let msg = HashMap::new();
         assert_eq!(
             request(&msg, Some(&block(&[(":path", "/")]))).err(),
             Some(TranslateError::MissingPseudoHeader(":method"))
@@ -419,46 +501,35 @@ mod tests {
     }
 
     #[test]
-    fn replaced_headers_overwrite_then_append_and_removed_ones_are_removed() {
-        let mut ctx = RequestContext::new(
-            Request::new("GET", "/")
-                .with_header("a", "0")
-                .with_header("gone", "x"),
-        );
-        ctx.apply(
-            UpstreamRequestMods::new()
-                .set_header("a", "1")
-                .append_header("a", "2")
-                .remove_header("gone")
-                .append_header("n", "v"),
-        );
-        let m = header_mutation(
-            ctx.changes(),
-            ctx.request().headers(),
-            &Extra {
-                pseudo: &[],
-                content_length: None,
-            },
-        )
-        .expect("changes");
+    fn edits_become_one_mutation_in_order() {
+        let edit = Edit {
+            headers: vec![
+                HeaderEdit::Set("a".into(), "1".into()),
+                HeaderEdit::Append("a".into(), "2".into()),
+                HeaderEdit::Remove("gone".into()),
+            ],
+            body: Some(Vec::new()),
+            reroute: true,
+        };
+        let out = outgoing(Reply::Continue {
+            step: Step::RequestBody,
+            edit,
+            needs: None,
+        });
+        let Some(Out::RequestBody(BodyResponse {
+            response: Some(common),
+        })) = out.response
+        else {
+            panic!("a request body answer with changes: {out:?}");
+        };
+        let m = common.header_mutation.expect("header changes");
+        let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
+        let append = HeaderAppendAction::AppendIfExistsOrAdd as i32;
         assert_eq!(
             sets(&m),
             [
-                (
-                    "a".into(),
-                    b"1".to_vec(),
-                    HeaderAppendAction::OverwriteIfExistsOrAdd as i32
-                ),
-                (
-                    "a".into(),
-                    b"2".to_vec(),
-                    HeaderAppendAction::AppendIfExistsOrAdd as i32
-                ),
-                (
-                    "n".into(),
-                    b"v".to_vec(),
-                    HeaderAppendAction::AppendIfExistsOrAdd as i32
-                ),
+                ("a".into(), b"1".to_vec(), overwrite),
+                ("a".into(), b"2".to_vec(), append),
             ]
         );
         assert_eq!(m.remove_headers, ["gone"]);
@@ -468,6 +539,34 @@ mod tests {
                 .all(|o| o.header.as_ref().is_some_and(|h| h.value.is_empty())),
             "value and raw_value both set"
         );
+        assert_eq!(common.body_mutation, clear());
+        assert!(common.clear_route_cache);
+        assert_eq!(out.mode_override, None);
+    }
+
+    #[test]
+    fn an_acknowledgement_carries_nothing() {
+        let out = outgoing(Reply::Acknowledge(Step::ResponseHeaders));
+        assert_eq!(
+            out.response,
+            Some(Out::ResponseHeaders(HeadersResponse { response: None }))
+        );
+        let out = outgoing(Reply::Continue {
+            step: Step::RequestHeaders,
+            edit: Edit::default(),
+            needs: Some(Needs::default()),
+        });
+        assert_eq!(
+            out.response,
+            Some(Out::RequestHeaders(HeadersResponse { response: None }))
+        );
+        assert!(out.mode_override.is_some());
+    }
+
+    fn clear() -> Option<BodyMutation> {
+        Some(BodyMutation {
+            mutation: Some(body_mutation::Mutation::ClearBody(true)),
+        })
     }
 
     #[test]

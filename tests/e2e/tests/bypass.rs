@@ -1,9 +1,8 @@
 //! Never walked around: every path a request or response can take through a real Envoy is
 //! either judged by its route's chain or refused, logged and counted.
 
-#[path = "../../../sample-policies/jwt-validation/v1.0.0/tests/support/mod.rs"]
-mod jwt;
 use policy_test_support::envoy as support;
+use policy_test_support::jwt;
 
 use std::io::{BufReader, Write};
 use std::net::TcpStream;

@@ -1,9 +1,8 @@
 //! Reloads through a real Envoy: what a configuration change did not touch keeps its state, and
 //! a large document is compiled without stalling traffic.
 
-#[path = "../../../sample-policies/jwt-validation/v1.0.0/tests/support/mod.rs"]
-mod jwt;
 use policy_test_support::envoy as support;
+use policy_test_support::jwt;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

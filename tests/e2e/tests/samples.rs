@@ -1,8 +1,7 @@
 //! The sample policies through a real Envoy: one scenario (at least) per policy.
 
-#[path = "../../../sample-policies/jwt-validation/v1.0.0/tests/support/mod.rs"]
-mod jwt;
 use policy_test_support::envoy as support;
+use policy_test_support::jwt;
 
 use support::{Request, Stack};
 

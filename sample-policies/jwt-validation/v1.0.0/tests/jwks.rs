@@ -1,15 +1,13 @@
 //! Keys fetched from a JWKS endpoint: cached, refreshed on an unknown kid (rate-limited), stale
 //! keys used while the endpoint is down, and fail closed past the grace period.
 
-mod support;
-
 use jwt_validation::JwtValidation;
 use policy_sdk::testkit::{self, expect_continue, expect_respond};
 use policy_sdk::{PolicyError, Request, RequestAction, RequestContext};
+use policy_test_support::jwt::*;
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use support::*;
 
 fn policy(server: &JwksServer, cache: Value) -> JwtValidation {
     testkit::new_policy(json!({

@@ -1,12 +1,10 @@
 //! Tokens minted with real RSA and EC keys against the policy: every way a token can be wrong.
 
-mod support;
-
 use jwt_validation::JwtValidation;
 use policy_sdk::testkit::{self, expect_continue, expect_respond};
 use policy_sdk::{PolicyError, Request, RequestAction, RequestContext};
+use policy_test_support::jwt::*;
 use serde_json::{Value, json};
-use support::*;
 
 fn policy(extra: Value) -> JwtValidation {
     let mut params = json!({

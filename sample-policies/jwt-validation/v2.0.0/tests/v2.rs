@@ -1,13 +1,10 @@
 //! 2.0.0: several issuers, required scopes, claims to headers; tokens minted with real keys.
 
-#[path = "../../v1.0.0/tests/support/mod.rs"]
-mod support;
-
 use jwt_validation_v2::JwtValidation;
 use policy_sdk::testkit::{self, expect_continue, expect_respond};
 use policy_sdk::{HeaderOp, PolicyError, Request, RequestAction, RequestContext};
+use policy_test_support::jwt::*;
 use serde_json::{Value, json};
-use support::*;
 
 const PARTNER: &str = "https://partners.example.net/";
 

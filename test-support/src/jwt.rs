@@ -1,5 +1,4 @@
-//! Tokens minted with real keys (tests/keys), and a local JWKS server.
-#![allow(dead_code, reason = "each test binary uses a subset")]
+//! For the JWT tests: tokens minted with real test keys (`keys/jwt`), and a local JWKS server.
 
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -16,9 +15,9 @@ pub const AUDIENCE: &str = "orders";
 /// A test key: `rsa`, `rsa-other` or `ec`.
 pub fn key(name: &str) -> (EncodingKey, Algorithm) {
     let pem: &[u8] = match name {
-        "rsa" => include_bytes!("../keys/rsa.pem"),
-        "rsa-other" => include_bytes!("../keys/rsa-other.pem"),
-        "ec" => include_bytes!("../keys/ec.pem"),
+        "rsa" => include_bytes!("../keys/jwt/rsa.pem"),
+        "rsa-other" => include_bytes!("../keys/jwt/rsa-other.pem"),
+        "ec" => include_bytes!("../keys/jwt/ec.pem"),
         other => panic!("no test key {other}"),
     };
     if name == "ec" {
