@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check and test of the project: formatting, lints, the dependency rules, unit,
-# integration, doc and end-to-end tests (through a real Envoy 1.36.2, installed into .venv on
-# first use). Usage: scripts/test.sh
+# Runs every check and test of the project: formatting, lints, the dependency and supply-chain
+# rules, unit, integration, doc and end-to-end tests (through a real Envoy 1.36.2, installed
+# into .venv on first use). Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "dependency rules: the SDK, definitions and core use no gRPC; the builder no engine"
 scripts/check-deps.sh
+
+step "supply chain: licences, duplicate versions, sources, advisories (deny.toml)"
+scripts/supply-chain.sh
 
 step "doc tests"
 cargo test --workspace --locked --doc

@@ -7,6 +7,10 @@
     clippy::new_without_default,
     reason = "test fixtures: never printed, built only where a test says so"
 )]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the harness polls processes it started, on test threads of its own"
+)]
 
 pub mod envoy;
 pub mod jwt;

@@ -1,6 +1,11 @@
 //! Never walked around: every path a request or response can take through a real Envoy is
 //! either judged by its route's chain or refused, logged and counted.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "waits on servers it started, on the test's own thread"
+)]
+
 use policy_test_support::envoy as support;
 use policy_test_support::jwt;
 

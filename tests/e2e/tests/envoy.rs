@@ -1,6 +1,11 @@
 //! End-to-end scenarios: a real Envoy 1.36.2 calls the development engine over ext_proc and
 //! forwards to an echo upstream.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "waits on servers it started, on the test's own thread"
+)]
+
 use policy_test_support::envoy as support;
 
 use support::traffic::Traffic;

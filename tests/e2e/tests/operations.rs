@@ -1,6 +1,11 @@
 //! Operating the engine behind a real Envoy: the admin API, readiness, metrics after known
 //! traffic, the explain trace, the gRPC health service and graceful shutdown.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "polls processes it started, on the test's own thread"
+)]
+
 use policy_test_support::envoy as support;
 
 use std::time::Duration;

@@ -1,6 +1,11 @@
 //! xDS mode end to end: the engine takes its chains from the reference control plane (a
 //! process) while a real Envoy sends it traffic.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "waits on servers it started, on the test's own thread"
+)]
+
 use policy_test_support::envoy as support;
 
 use std::sync::Arc;

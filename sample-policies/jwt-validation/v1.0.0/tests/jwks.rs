@@ -1,6 +1,11 @@
 //! Keys fetched from a JWKS endpoint: cached, refreshed on an unknown kid (rate-limited), stale
 //! keys used while the endpoint is down, and fail closed past the grace period.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "waits on servers it started, on the test's own thread"
+)]
+
 use jwt_validation::JwtValidation;
 use policy_sdk::testkit::{self, expect_continue, expect_respond};
 use policy_sdk::{PolicyError, Request, RequestAction, RequestContext};
