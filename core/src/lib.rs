@@ -9,6 +9,7 @@ pub mod edit;
 pub mod error_id;
 pub mod metrics;
 pub mod registry;
+pub mod rescue;
 pub mod snapshot;
 
 pub use chain::{Chain, Decision, Denial, Needs, Trace};

@@ -16,6 +16,4 @@ pub mod xds;
 pub use cli::run;
 
 // The core's items under the paths this crate's modules use.
-use policy_core::{
-    Registry, Snapshot, chain, config, error_id, load, load_keeping, load_value, metrics,
-};
+use policy_core::{Registry, Snapshot, chain, config, load, load_keeping, load_value, metrics};

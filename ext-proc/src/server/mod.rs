@@ -5,7 +5,6 @@
 //! client responses.
 
 mod message;
-mod rescue;
 mod stream;
 mod translate;
 

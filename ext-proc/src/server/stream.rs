@@ -6,10 +6,10 @@
 
 use super::Shared;
 use super::message::{BodyMode, Incoming, Message, ProtocolError, Reply, Step};
-use super::rescue::{Failure, rescue};
 use crate::chain::{Chain, Decision, Trace};
 use crate::metrics::{Metrics, Phase, Refusal, RouteMetrics, Verdict};
 use policy_core::Edit;
+use policy_core::rescue::{Failure, rescue};
 use policy_sdk::{ImmediateResponse, Metadata, Request, RequestContext, Response, ResponseContext};
 use std::sync::Arc;
 
@@ -413,7 +413,7 @@ impl Exchange {
         }
         let request = match request {
             Ok(r) => r,
-            Err(e) => return self.fail(Failure::BadRequest(e)),
+            Err(e) => return self.fail(Failure::BadRequest(e.to_string())),
         };
         let needs = chain.needs();
         // Envoy says it will not send a body the chain needs: refuse now rather than let the

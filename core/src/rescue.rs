@@ -1,5 +1,5 @@
-//! The one place where failures become client responses. Bodies never carry internals; the
-//! error id in the body is logged with the details.
+//! The one place where the engine's own failures become client responses, for every host. Bodies
+//! never carry internals; the error id in the body is logged with the details.
 
 use crate::chain::Denial;
 use crate::error_id;
@@ -7,11 +7,9 @@ use crate::metrics::{Phase, Refusal};
 use policy_sdk::ImmediateResponse;
 use serde_json::json;
 
-use super::translate::TranslateError;
-
 /// Why the engine answers the client itself.
 #[derive(Debug)]
-pub(crate) enum Failure {
+pub enum Failure {
     /// No valid configuration has been loaded yet.
     NotReady,
     /// The route has no chain and unknown routes are denied.
@@ -32,15 +30,16 @@ pub(crate) enum Failure {
     BodyNotSent { phase: Phase },
     /// Holding this body would pass the engine-wide budget of buffered body bytes.
     BodyBudget { phase: Phase, budget: usize },
-    /// The request cannot be represented faithfully (e.g. a header that is not UTF-8).
-    BadRequest(TranslateError),
+    /// The request cannot be represented faithfully (e.g. a pseudo-header that is not UTF-8);
+    /// the cause, for the log.
+    BadRequest(String),
     /// A chain did something its definitions do not allow.
     Internal(&'static str),
 }
 
 impl Failure {
     /// The reason it is counted under.
-    pub(crate) fn refusal(&self) -> Refusal {
+    pub fn refusal(&self) -> Refusal {
         match self {
             Failure::NotReady => Refusal::NotReady,
             Failure::UnknownRoute(_) => Refusal::UnknownRoute,
@@ -56,7 +55,7 @@ impl Failure {
 }
 
 /// Turns `failure` into the client's response, logging what the client is not told.
-pub(crate) fn rescue(failure: Failure, route: &str, request_id: &str) -> ImmediateResponse {
+pub fn rescue(failure: Failure, route: &str, request_id: &str) -> ImmediateResponse {
     match failure {
         Failure::NotReady => {
             tracing::warn!(
