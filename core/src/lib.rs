@@ -7,6 +7,7 @@ pub mod config;
 pub use policy_definition as definition;
 pub mod edit;
 pub mod error_id;
+pub mod headers;
 pub mod metrics;
 pub mod registry;
 pub mod rescue;

@@ -1,9 +1,9 @@
 //! The exchange's vocabulary: what Envoy sends and what the engine answers, in domain terms.
 //! `translate` converts them from and to Envoy's messages; `stream` never sees a proto.
 
-use super::translate::TranslateError;
 use crate::chain::Needs;
 use policy_core::Edit;
+use policy_core::headers::HeaderError;
 use policy_sdk::{ImmediateResponse, Request, Response};
 
 /// One message from Envoy.
@@ -11,7 +11,7 @@ use policy_sdk::{ImmediateResponse, Request, Response};
 pub(crate) enum Message {
     /// The request headers; the request, or why it cannot be represented.
     RequestHeaders {
-        request: Result<Request, TranslateError>,
+        request: Result<Request, HeaderError>,
         /// The request's `x-request-id`, for log lines even when the request is unusable.
         request_id: String,
         /// The route key, when the message carries one.
@@ -24,7 +24,7 @@ pub(crate) enum Message {
     RequestTrailers,
     /// The response headers; the response, or why it cannot be represented.
     ResponseHeaders {
-        response: Result<Response, TranslateError>,
+        response: Result<Response, HeaderError>,
         end_of_stream: bool,
     },
     /// A response body part.

@@ -394,7 +394,7 @@ impl Exchange {
 
     async fn request_headers(
         &mut self,
-        request: Result<Request, super::translate::TranslateError>,
+        request: Result<Request, policy_core::headers::HeaderError>,
         request_id: String,
         route: Option<String>,
         end_of_stream: bool,

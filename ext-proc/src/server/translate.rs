@@ -18,8 +18,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::Struct;
 use envoy_types::pb::google::protobuf::value::Kind;
+use policy_core::headers::{self, HeaderError};
 use policy_core::{Edit, HeaderEdit};
-use policy_sdk::{HeaderMap, ImmediateResponse, Request, Response};
+use policy_sdk::{ImmediateResponse, Request};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -30,51 +31,25 @@ use crate::chain::Needs;
 /// The attribute namespace Envoy's ext_proc filter fills from `request_attributes`.
 const ATTRIBUTES: &str = "envoy.filters.http.ext_proc";
 
-/// Why a message could not be turned into domain values.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TranslateError {
-    /// A required pseudo-header is missing.
-    #[error("the {0} pseudo-header is missing")]
-    MissingPseudoHeader(&'static str),
-    /// A pseudo-header value is not UTF-8 (regular headers may be anything).
-    #[error("the value of header {0:?} is not valid UTF-8")]
-    NotUtf8(String),
-    /// `:status` is not a number from 100 to 599.
-    #[error("the :status {0:?} is not a valid HTTP status")]
-    BadStatus(String),
+/// A header block as `(name, value)` pairs, the value `raw_value` (or `value` when that is empty).
+fn pairs(block: Option<&PbHeaderMap>) -> impl Iterator<Item = (&str, &[u8])> {
+    block
+        .map(|b| b.headers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|h| {
+            let value = if h.raw_value.is_empty() {
+                h.value.as_bytes()
+            } else {
+                &h.raw_value
+            };
+            (h.key.as_str(), value)
+        })
 }
 
-/// Pseudo-headers and regular headers of one header block.
-struct Split {
-    pseudo: [Option<String>; 5],
-    headers: HeaderMap,
-}
-
-const PSEUDO: [&str; 5] = [":method", ":path", ":authority", ":scheme", ":status"];
-
-fn split(block: Option<&PbHeaderMap>) -> Result<Split, TranslateError> {
-    let mut out = Split {
-        pseudo: Default::default(),
-        headers: HeaderMap::new(),
-    };
-    for h in block.map(|b| b.headers.as_slice()).unwrap_or_default() {
-        let raw = if h.raw_value.is_empty() {
-            h.value.as_bytes().to_vec()
-        } else {
-            h.raw_value.clone()
-        };
-        match PSEUDO.iter().position(|p| *p == h.key) {
-            Some(i) => {
-                let value =
-                    String::from_utf8(raw).map_err(|_| TranslateError::NotUtf8(h.key.clone()))?;
-                out.pseudo[i] = Some(value);
-            }
-            None if h.key.starts_with(':') => {}
-            // A value that is not UTF-8 stays out of the string view; Envoy keeps it unchanged.
-            None => out.headers.append_bytes(h.key.clone(), raw),
-        }
-    }
-    Ok(out)
+/// The same pairs, owned.
+fn owned(block: Option<&PbHeaderMap>) -> impl Iterator<Item = (String, Vec<u8>)> {
+    pairs(block).map(|(k, v)| (k.to_owned(), v.to_vec()))
 }
 
 /// Envoy's message as the exchange sees it; the route key is looked up by `key`.
@@ -118,7 +93,7 @@ pub(crate) fn incoming(msg: ProcessingRequest, key: &RouteKey) -> Result<Incomin
             let request = self::request(&attributes, headers.as_ref());
             let request_id = match &request {
                 Ok(req) => req.request_id().to_owned(),
-                Err(_) => self::request_id(headers.as_ref()).unwrap_or_default(),
+                Err(_) => headers::request_id(pairs(headers.as_ref())).unwrap_or_default(),
             };
             let route = match key {
                 RouteKey::Attribute(name) => attribute(&attributes, name),
@@ -145,7 +120,7 @@ pub(crate) fn incoming(msg: ProcessingRequest, key: &RouteKey) -> Result<Incomin
             attributes: _,
             end_of_stream,
         }) => Message::ResponseHeaders {
-            response: response(headers.as_ref()),
+            response: headers::response(owned(headers.as_ref())),
             end_of_stream,
         },
         In::ResponseBody(body) => {
@@ -221,34 +196,14 @@ fn answer(step: Step, response: Option<CommonResponse>) -> Out {
 fn request(
     attributes: &HashMap<String, Struct>,
     headers: Option<&PbHeaderMap>,
-) -> Result<Request, TranslateError> {
-    let Split { pseudo, headers } = split(headers)?;
-    let [method, path, authority, scheme, _] = pseudo;
-    let method = method.ok_or(TranslateError::MissingPseudoHeader(":method"))?;
-    let path = path.ok_or(TranslateError::MissingPseudoHeader(":path"))?;
-    let request_id = headers.get("x-request-id").unwrap_or_default().to_owned();
-    let mut request = Request::new(method, path)
-        .with_authority(authority.unwrap_or_default())
-        .with_scheme(scheme.unwrap_or_default())
-        .with_request_id(request_id)
-        .with_headers(headers);
+) -> Result<Request, HeaderError> {
+    let mut request = headers::request(owned(headers))?;
     if let Some(addr) =
         attribute(attributes, "source.address").and_then(|a| a.parse::<SocketAddr>().ok())
     {
         request = request.with_client_address(addr);
     }
     Ok(request)
-}
-
-/// The `x-request-id` of a header block, whatever else is wrong with it (for log lines).
-fn request_id(headers: Option<&PbHeaderMap>) -> Option<String> {
-    let h = headers?.headers.iter().find(|h| h.key == "x-request-id")?;
-    let raw = if h.raw_value.is_empty() {
-        h.value.as_bytes()
-    } else {
-        &h.raw_value
-    };
-    Some(String::from_utf8_lossy(raw).into_owned())
 }
 
 impl BodyMode {
@@ -262,20 +217,6 @@ impl BodyMode {
             Ok(_) | Err(_) => BodyMode::FullDuplexStreamed,
         }
     }
-}
-
-/// The response of a `response_headers` message.
-fn response(headers: Option<&PbHeaderMap>) -> Result<Response, TranslateError> {
-    let Split { pseudo, headers } = split(headers)?;
-    let status = pseudo[4]
-        .clone()
-        .ok_or(TranslateError::MissingPseudoHeader(":status"))?;
-    let code = status
-        .parse::<u16>()
-        .ok()
-        .filter(|c| (100..=599).contains(c))
-        .ok_or(TranslateError::BadStatus(status))?;
-    Ok(Response::new(code).with_headers(headers))
 }
 
 /// A string attribute Envoy sent (from `request_attributes`), e.g. `xds.route_name`.
@@ -448,56 +389,50 @@ mod tests {
     }
 
     #[test]
-    fn request_headers_split_into_pseudo_fields_and_headers() {
-        let req = request(
-            &HashMap::new(),
-            Some(&block(&[
-                (":method", "POST"),
-                (":path", "/a?b=1"),
-                (":authority", "h"),
-                ("x-request-id", "rid"),
-                ("x-a", "1"),
-            ])),
-        )
-        .expect("valid");
-        assert_eq!(
-            (req.method(), req.path(), req.authority(), req.request_id()),
-            ("POST", "/a?b=1", "h", "rid")
-        );
-        assert_eq!(req.headers().len(), 2);
-        assert!(!req.headers().contains(":method"));
-    }
-
-    #[test]
-    fn malformed_headers_are_errors_not_defaults() {
-        let msg = HashMap::new();
-        assert_eq!(
-            request(&msg, Some(&block(&[(":path", "/")]))).err(),
-            Some(TranslateError::MissingPseudoHeader(":method"))
-        );
-        let mut bad = block(&[(":method", "GET"), (":path", "/")]);
-        bad.headers.push(HeaderValue {
-            key: "x".into(),
-            value: String::new(),
-            raw_value: vec![0xff],
+    fn request_headers_become_a_request_with_its_route_and_client() {
+        use envoy_types::pb::google::protobuf::Value;
+        let mut headers = block(&[(":method", "GET"), (":path", "/a"), ("x-request-id", "rid")]);
+        // Older Envoys fill `value` instead of `raw_value`.
+        headers.headers.push(HeaderValue {
+            key: "x-old".into(),
+            value: "v".into(),
+            raw_value: Vec::new(),
         });
-        let req = request(&msg, Some(&bad)).expect("a regular header may be any bytes");
-        assert_eq!(req.header("x"), None);
-        assert!(req.headers().contains("x"));
-        let mut bad_path = block(&[(":method", "GET")]);
-        bad_path.headers.push(HeaderValue {
-            key: ":path".into(),
-            value: String::new(),
-            raw_value: vec![b'/', 0xff],
-        });
+        let fields = [
+            ("xds.route_name", "r1"),
+            ("source.address", "10.0.0.1:4321"),
+        ]
+        .into_iter()
+        .map(|(k, v)| {
+            let kind = Some(Kind::StringValue(v.into()));
+            (k.to_owned(), Value { kind })
+        })
+        .collect();
+        let msg = ProcessingRequest {
+            request: Some(In::RequestHeaders(HttpHeaders {
+                headers: Some(headers),
+                ..HttpHeaders::default()
+            })),
+            attributes: [(ATTRIBUTES.to_owned(), Struct { fields })].into(),
+            ..ProcessingRequest::default()
+        };
+        let incoming = incoming(msg, &RouteKey::default()).expect("a message");
+        let Message::RequestHeaders {
+            request: Ok(request),
+            request_id,
+            route,
+            end_of_stream: false,
+        } = incoming.message
+        else {
+            panic!("request headers: {:?}", incoming.message);
+        };
+        assert_eq!((request_id.as_str(), route.as_deref()), ("rid", Some("r1")));
+        assert_eq!(request.header("x-old"), Some("v"));
         assert_eq!(
-            request(&msg, Some(&bad_path)).err(),
-            Some(TranslateError::NotUtf8(":path".into()))
+            request.client_address().map(|a| a.to_string()).as_deref(),
+            Some("10.0.0.1:4321")
         );
-        assert_eq!(
-            response(Some(&block(&[(":status", "99")]))).err(),
-            Some(TranslateError::BadStatus("99".into()))
-        );
+        assert_eq!(incoming.modes, None);
     }
 
     #[test]
