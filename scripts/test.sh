@@ -32,6 +32,9 @@ HADOLINT_BIN="$(scripts/install-hadolint.sh)"
 export HADOLINT_BIN
 "$HADOLINT_BIN" --version
 
+step "the development Envoy module for the end-to-end tests"
+scripts/build-dev-module.sh
+
 step "unit, integration and end-to-end tests (nextest when installed)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

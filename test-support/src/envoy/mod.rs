@@ -3,6 +3,7 @@
 
 pub mod control_plane;
 pub mod http;
+pub mod module;
 pub mod traffic;
 pub mod upstream;
 
@@ -253,18 +254,7 @@ impl Stack {
 
     /// Waits until the engine's log contains `needle`; panics with the log after `timeout`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let logs = self.engine_logs();
-            if logs.contains(needle) {
-                return logs;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the engine never logged {needle:?}; its log:\n{logs}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_text(|| self.engine_logs(), needle, timeout, "the engine")
     }
 
     /// Sends SIGHUP to the engine.
@@ -310,17 +300,43 @@ impl Stack {
 
     /// The value of Envoy counter `name` (e.g. `http.e2e.ext_proc.stream_msgs_sent`).
     pub fn envoy_counter(&self, name: &str) -> u64 {
-        let path = format!("/stats?filter=^{}$", name.replace('.', "\\."));
-        let reply = Request::get(&path)
-            .send(self.admin_port)
-            .expect("query Envoy's admin");
-        reply
-            .text()
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+        envoy_counter(self.admin_port, name)
     }
+}
+
+/// Waits until `read()` contains `needle`; panics with what it read after `timeout`.
+pub(crate) fn wait_for_text(
+    read: impl Fn() -> String,
+    needle: &str,
+    timeout: Duration,
+    who: &str,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = read();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who} never logged {needle:?}; its log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of counter `name` of the Envoy whose admin API is on `admin_port`.
+pub(crate) fn envoy_counter(admin_port: u16, name: &str) -> u64 {
+    let path = format!("/stats?filter=^{}$", name.replace('.', "\\."));
+    let reply = Request::get(&path)
+        .send(admin_port)
+        .expect("query Envoy's admin");
+    reply
+        .text()
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The sorted `name:version` keys of a policy list (`policy-engine policies`, `GET /policies`).
@@ -419,8 +435,21 @@ fn spawn_engine(engine: &Path, scratch: &Scratch, extra: &[&str]) -> Spawned {
 }
 
 fn start_envoy(scratch: &Scratch, admin_port: u16) -> Process {
+    start_envoy_with(&envoy_bin(), scratch, admin_port, &[]).unwrap_or_else(|log| {
+        panic!("Envoy did not become ready; its log:\n{log}");
+    })
+}
+
+/// Starts `bin` with the scratch's `envoy.yaml` and `env`; waits until it is ready. Its log when
+/// it exits or never gets ready.
+pub(crate) fn start_envoy_with(
+    bin: &Path,
+    scratch: &Scratch,
+    admin_port: u16,
+    env: &[(&str, &Path)],
+) -> Result<Process, String> {
     let log = std::fs::File::create(scratch.path("envoy.log")).expect("create the Envoy log");
-    let child = Command::new(envoy_bin())
+    let child = Command::new(bin)
         .arg("-c")
         .arg(scratch.path("envoy.yaml"))
         .args([
@@ -430,29 +459,30 @@ fn start_envoy(scratch: &Scratch, admin_port: u16) -> Process {
             "--log-level",
             "warning",
         ])
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("start Envoy");
-    let process = Process(child);
+    let mut process = Process(child);
+    let read_log = || std::fs::read_to_string(scratch.path("envoy.log")).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if Request::get("/ready")
             .send(admin_port)
             .is_ok_and(|reply| reply.status == 200)
         {
-            return process;
+            return Ok(process);
         }
-        assert!(
-            Instant::now() < deadline,
-            "Envoy did not become ready; its log:\n{}",
-            std::fs::read_to_string(scratch.path("envoy.log")).unwrap_or_default()
-        );
+        if matches!(process.0.try_wait(), Ok(Some(_))) || Instant::now() >= deadline {
+            return Err(read_log());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// The Envoy configuration under test; `docs/envoy.md` explains each ext_proc setting.
+/// The Envoy configuration under test with the ext_proc filter; `docs/envoy.md` explains each
+/// ext_proc setting.
 fn bootstrap(
     port: u16,
     admin_port: u16,
@@ -467,9 +497,6 @@ fn bootstrap(
         response_body_mode,
         buffer_limit_bytes,
     } = envoy;
-    let buffer_limit = buffer_limit_bytes
-        .map(|n| format!("\n    per_connection_buffer_limit_bytes: {n}"))
-        .unwrap_or_default();
     let engine_address = match engine_address.strip_prefix("unix:") {
         Some(path) => format!("{{pipe: {{path: \"{path}\"}}}}"),
         None => {
@@ -479,6 +506,65 @@ fn bootstrap(
             format!("{{socket_address: {{address: {host}, port_value: {port}}}}}")
         }
     };
+    let filter = format!(
+        r#"          - name: envoy.filters.http.ext_proc
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service:
+                envoy_grpc: {{cluster_name: policy_engine}}
+                timeout: 5s
+              failure_mode_allow: false
+              allow_mode_override: {allow_mode_override}
+              message_timeout: 2s
+              request_attributes: [xds.route_name, source.address]
+              mutation_rules: {{allow_all_routing: true}}
+              processing_mode:
+                request_header_mode: SEND
+                response_header_mode: {response_header_mode}
+                request_body_mode: {request_body_mode}
+                response_body_mode: {response_body_mode}
+                request_trailer_mode: SKIP
+                response_trailer_mode: SKIP
+"#
+    );
+    let cluster = format!(
+        r#"  - name: policy_engine
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: policy_engine
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {engine_address}}}
+"#
+    );
+    envoy_config(
+        port,
+        admin_port,
+        upstream_port,
+        *buffer_limit_bytes,
+        &filter,
+        &cluster,
+    )
+}
+
+/// An Envoy configuration: a listener on `port` with the test routes ([`ROUTES`]), the HTTP
+/// filter `filter` before the router, the upstream cluster and `clusters`.
+pub(crate) fn envoy_config(
+    port: u16,
+    admin_port: u16,
+    upstream_port: u16,
+    buffer_limit_bytes: Option<u64>,
+    filter: &str,
+    clusters: &str,
+) -> String {
+    let buffer_limit = buffer_limit_bytes
+        .map(|n| format!("\n    per_connection_buffer_limit_bytes: {n}"))
+        .unwrap_or_default();
     let mut routes = String::new();
     for (prefix, name) in ROUTES
         .iter()
@@ -508,25 +594,7 @@ static_resources:
               domains: ["*"]
               routes:
 {routes}          http_filters:
-          - name: envoy.filters.http.ext_proc
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
-              grpc_service:
-                envoy_grpc: {{cluster_name: policy_engine}}
-                timeout: 5s
-              failure_mode_allow: false
-              allow_mode_override: {allow_mode_override}
-              message_timeout: 2s
-              request_attributes: [xds.route_name, source.address]
-              mutation_rules: {{allow_all_routing: true}}
-              processing_mode:
-                request_header_mode: SEND
-                response_header_mode: {response_header_mode}
-                request_body_mode: {request_body_mode}
-                response_body_mode: {response_body_mode}
-                request_trailer_mode: SKIP
-                response_trailer_mode: SKIP
-          - name: envoy.filters.http.router
+{filter}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
@@ -538,18 +606,6 @@ static_resources:
       endpoints:
       - lb_endpoints:
         - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}
-  - name: policy_engine
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: policy_engine
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {engine_address}}}
-"#
+{clusters}"#
     )
 }

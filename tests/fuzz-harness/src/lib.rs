@@ -14,24 +14,10 @@ use std::sync::OnceLock;
 
 /// Every sample policy (constructors do no I/O, so building one from any input is safe).
 pub fn sample_registry() -> Registry {
-    let mut registry = Registry::new();
-    for export in [
-        api_key_validation::policy_export(),
-        cors::policy_export(),
-        json_body_transform::policy_export(),
-        jwt_validation::policy_export(),
-        jwt_validation_v2::policy_export(),
-        llm_guard::policy_export(),
-        rate_limit::policy_export(),
-        respond::policy_export(),
-        security_headers::policy_export(),
-        set_header::policy_export(),
-    ] {
-        if let Err(error) = registry.register(export) {
-            panic!("the sample policies register: {error}");
-        }
+    match policy_samples::registry(Vec::new()) {
+        Ok(registry) => registry,
+        Err(error) => panic!("the sample policies register: {error}"),
     }
-    registry
 }
 
 fn registry() -> &'static Registry {

@@ -1,0 +1,383 @@
+//! Envoy 1.36's dynamic-module ABI (version string = the sha256 of that release's `abi.h`):
+//! the callbacks the filter uses, and the [`Envoy`] view over them.
+
+use super::{Buffer, EnvoyHeader, FilterPtr, ModuleHeader};
+use crate::envoy::{Envoy, Scheduler, Side};
+use std::ffi::{c_char, c_void};
+use std::marker::PhantomData;
+
+/// The ABI version Envoy 1.36.2 requires (exact match), NUL-terminated.
+pub(super) const ABI_VERSION: &[u8] =
+    b"ca2be3b80954d2a0e22b41d033b18eff9390c30261c8ec9ffe6e6bf971f41c27\0";
+
+/// `envoy_dynamic_module_type_attribute_id_XdsRouteName`.
+const ATTRIBUTE_ROUTE_NAME: usize = 61;
+/// `envoy_dynamic_module_type_attribute_id_SourceAddress`.
+const ATTRIBUTE_SOURCE_ADDRESS: usize = 24;
+
+// SAFETY: these are the C signatures Envoy 1.36.2 exports (../shared/envoy-dynamic-modules.md
+// §2b'); the symbols are resolved against the Envoy executable when it loads the module.
+#[cfg_attr(test, allow(dead_code))]
+unsafe extern "C" {
+    fn envoy_dynamic_module_callback_http_get_request_headers_count(f: FilterPtr) -> usize;
+    fn envoy_dynamic_module_callback_http_get_request_headers(
+        f: FilterPtr,
+        out: *mut EnvoyHeader,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_response_headers_count(f: FilterPtr) -> usize;
+    fn envoy_dynamic_module_callback_http_get_response_headers(
+        f: FilterPtr,
+        out: *mut EnvoyHeader,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_request_header(
+        f: FilterPtr,
+        key: *const c_char,
+        key_len: usize,
+        out: *mut *const c_char,
+        out_len: *mut usize,
+        index: usize,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_get_response_header(
+        f: FilterPtr,
+        key: *const c_char,
+        key_len: usize,
+        out: *mut *const c_char,
+        out_len: *mut usize,
+        index: usize,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_set_request_header(
+        f: FilterPtr,
+        key: *const c_char,
+        key_len: usize,
+        value: *const c_char,
+        value_len: usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_response_header(
+        f: FilterPtr,
+        key: *const c_char,
+        key_len: usize,
+        value: *const c_char,
+        value_len: usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_request_body_vector_size(
+        f: FilterPtr,
+        n: *mut usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_request_body_vector(
+        f: FilterPtr,
+        out: *mut Buffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_response_body_vector_size(
+        f: FilterPtr,
+        n: *mut usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_response_body_vector(
+        f: FilterPtr,
+        out: *mut Buffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_drain_request_body(f: FilterPtr, n: usize) -> bool;
+    fn envoy_dynamic_module_callback_http_append_request_body(
+        f: FilterPtr,
+        data: *const c_char,
+        len: usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_drain_response_body(f: FilterPtr, n: usize) -> bool;
+    fn envoy_dynamic_module_callback_http_append_response_body(
+        f: FilterPtr,
+        data: *const c_char,
+        len: usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_send_response(
+        f: FilterPtr,
+        status: u32,
+        headers: *const ModuleHeader,
+        headers_len: usize,
+        body: *const c_char,
+        body_len: usize,
+    );
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        f: FilterPtr,
+        id: usize,
+        out: *mut *const c_char,
+        out_len: *mut usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_clear_route_cache(f: FilterPtr);
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(f: FilterPtr);
+    fn envoy_dynamic_module_callback_http_filter_continue_encoding(f: FilterPtr);
+    fn envoy_dynamic_module_callback_http_filter_scheduler_new(f: FilterPtr) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(s: *mut c_void, event: u64);
+    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(s: *mut c_void);
+}
+
+/// Envoy's stream during one hook; `'hook` keeps it from outliving the call that got it.
+pub(super) struct Stream<'hook> {
+    ptr: FilterPtr,
+    hook: PhantomData<&'hook ()>,
+}
+
+impl Stream<'_> {
+    /// The stream Envoy named in the hook being run.
+    pub(super) fn new(ptr: FilterPtr) -> Self {
+        Stream {
+            ptr,
+            hook: PhantomData,
+        }
+    }
+
+    fn header_values(&self, side: Side, name: &str) -> Vec<Vec<u8>> {
+        let get = match side {
+            Side::Request => envoy_dynamic_module_callback_http_get_request_header,
+            Side::Response => envoy_dynamic_module_callback_http_get_response_header,
+        };
+        let mut values = Vec::new();
+        let mut index = 0;
+        loop {
+            let mut out: *const c_char = std::ptr::null();
+            let mut len = 0usize;
+            // SAFETY: `self.ptr` is the stream of the running hook; `name` outlives the call;
+            // `out`/`len` are valid out-parameters; Envoy's view is copied before the next call.
+            let count = unsafe {
+                get(
+                    self.ptr,
+                    name.as_ptr().cast(),
+                    name.len(),
+                    &raw mut out,
+                    &raw mut len,
+                    index,
+                )
+            };
+            if index >= count || out.is_null() {
+                return values;
+            }
+            // SAFETY: Envoy returned `len` readable bytes at `out`, valid until the map changes.
+            values.push(unsafe { std::slice::from_raw_parts(out.cast::<u8>(), len) }.to_vec());
+            index += 1;
+        }
+    }
+
+    fn set(&self, side: Side, name: &str, value: Option<&[u8]>) {
+        let set = match side {
+            Side::Request => envoy_dynamic_module_callback_http_set_request_header,
+            Side::Response => envoy_dynamic_module_callback_http_set_response_header,
+        };
+        let (ptr, len) = value.map_or((std::ptr::null(), 0), |v| (v.as_ptr().cast(), v.len()));
+        // SAFETY: the stream of the running hook; key and value outlive the call, which copies
+        // them; a null value removes the header (the ABI's documented removal).
+        unsafe { set(self.ptr, name.as_ptr().cast(), name.len(), ptr, len) };
+    }
+}
+
+impl Envoy for Stream<'_> {
+    fn headers(&self, side: Side) -> Vec<(String, Vec<u8>)> {
+        let (count, get) = match side {
+            Side::Request => (
+                envoy_dynamic_module_callback_http_get_request_headers_count
+                    as unsafe extern "C" fn(FilterPtr) -> usize,
+                envoy_dynamic_module_callback_http_get_request_headers
+                    as unsafe extern "C" fn(FilterPtr, *mut EnvoyHeader) -> bool,
+            ),
+            Side::Response => (
+                envoy_dynamic_module_callback_http_get_response_headers_count as _,
+                envoy_dynamic_module_callback_http_get_response_headers as _,
+            ),
+        };
+        // SAFETY: the stream of the running hook.
+        let n = unsafe { count(self.ptr) };
+        let mut raw = vec![EnvoyHeader::default(); n];
+        // SAFETY: `raw` has room for the `n` entries Envoy fills.
+        if n == 0 || !unsafe { get(self.ptr, raw.as_mut_ptr()) } {
+            return Vec::new();
+        }
+        raw.into_iter().map(EnvoyHeader::copied).collect()
+    }
+
+    fn set_header(&self, side: Side, name: &str, value: &[u8]) {
+        self.set(side, name, Some(value));
+    }
+
+    fn add_header(&self, side: Side, name: &str, value: &[u8]) {
+        // 1.36 has no add: the values present and the new one become one comma-joined value
+        // (RFC 9110 list syntax; docs/envoy-module.md says so).
+        let mut joined = self.header_values(side, name).join(&b", "[..]);
+        if !joined.is_empty() {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(value);
+        self.set(side, name, Some(&joined));
+    }
+
+    fn remove_header(&self, side: Side, name: &str) {
+        self.set(side, name, None);
+    }
+
+    fn body(&self, side: Side) -> Vec<u8> {
+        let (size, get) = match side {
+            Side::Request => (
+                envoy_dynamic_module_callback_http_get_request_body_vector_size
+                    as unsafe extern "C" fn(FilterPtr, *mut usize) -> bool,
+                envoy_dynamic_module_callback_http_get_request_body_vector
+                    as unsafe extern "C" fn(FilterPtr, *mut Buffer) -> bool,
+            ),
+            Side::Response => (
+                envoy_dynamic_module_callback_http_get_response_body_vector_size as _,
+                envoy_dynamic_module_callback_http_get_response_body_vector as _,
+            ),
+        };
+        let mut n = 0usize;
+        // SAFETY: the stream of the running hook; `n` is a valid out-parameter.
+        if !unsafe { size(self.ptr, &raw mut n) } || n == 0 {
+            return Vec::new();
+        }
+        let mut chunks = vec![Buffer::default(); n];
+        // SAFETY: `chunks` has room for the `n` slices Envoy fills.
+        if !unsafe { get(self.ptr, chunks.as_mut_ptr()) } {
+            return Vec::new();
+        }
+        let mut body = Vec::new();
+        for chunk in &chunks {
+            body.extend_from_slice(chunk.bytes());
+        }
+        body
+    }
+
+    fn body_len(&self, side: Side) -> usize {
+        // 1.36 has no size call: the chunks' lengths, without copying them.
+        let (size, get) = match side {
+            Side::Request => (
+                envoy_dynamic_module_callback_http_get_request_body_vector_size
+                    as unsafe extern "C" fn(FilterPtr, *mut usize) -> bool,
+                envoy_dynamic_module_callback_http_get_request_body_vector
+                    as unsafe extern "C" fn(FilterPtr, *mut Buffer) -> bool,
+            ),
+            Side::Response => (
+                envoy_dynamic_module_callback_http_get_response_body_vector_size as _,
+                envoy_dynamic_module_callback_http_get_response_body_vector as _,
+            ),
+        };
+        let mut n = 0usize;
+        // SAFETY: as in `body`.
+        if !unsafe { size(self.ptr, &raw mut n) } || n == 0 {
+            return 0;
+        }
+        let mut chunks = vec![Buffer::default(); n];
+        // SAFETY: as in `body`.
+        if !unsafe { get(self.ptr, chunks.as_mut_ptr()) } {
+            return 0;
+        }
+        chunks.iter().map(|c| c.len).sum()
+    }
+
+    fn replace_body(&self, side: Side, body: &[u8]) {
+        let len = self.body_len(side);
+        let (drain, append) = match side {
+            Side::Request => (
+                envoy_dynamic_module_callback_http_drain_request_body
+                    as unsafe extern "C" fn(FilterPtr, usize) -> bool,
+                envoy_dynamic_module_callback_http_append_request_body
+                    as unsafe extern "C" fn(FilterPtr, *const c_char, usize) -> bool,
+            ),
+            Side::Response => (
+                envoy_dynamic_module_callback_http_drain_response_body as _,
+                envoy_dynamic_module_callback_http_append_response_body as _,
+            ),
+        };
+        // SAFETY: the stream of the running hook; `body` outlives the call, which copies it.
+        unsafe {
+            drain(self.ptr, len);
+            append(self.ptr, body.as_ptr().cast(), body.len());
+        }
+    }
+
+    fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        let headers: Vec<ModuleHeader> = headers.iter().map(ModuleHeader::from).collect();
+        // SAFETY: the stream of the running hook; the header array and the body outlive the
+        // call, which copies them.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.ptr,
+                u32::from(status),
+                headers.as_ptr(),
+                headers.len(),
+                body.as_ptr().cast(),
+                body.len(),
+            );
+        }
+    }
+
+    fn route_name(&self) -> Option<String> {
+        self.attribute(ATTRIBUTE_ROUTE_NAME)
+    }
+
+    fn source_address(&self) -> Option<String> {
+        self.attribute(ATTRIBUTE_SOURCE_ADDRESS)
+    }
+
+    fn clear_route_cache(&self) {
+        // SAFETY: the stream of the running hook.
+        unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.ptr) };
+    }
+
+    fn resume(&self, side: Side) {
+        // SAFETY: the stream of the running hook (`on_scheduled`, on its worker thread).
+        unsafe {
+            match side {
+                Side::Request => {
+                    envoy_dynamic_module_callback_http_filter_continue_decoding(self.ptr)
+                }
+                Side::Response => {
+                    envoy_dynamic_module_callback_http_filter_continue_encoding(self.ptr);
+                }
+            }
+        }
+    }
+
+    fn scheduler(&self) -> Box<dyn Scheduler> {
+        // SAFETY: called on the stream's worker thread, inside a hook, as the ABI requires.
+        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.ptr) };
+        Box::new(EnvoyScheduler(ptr))
+    }
+}
+
+impl Stream<'_> {
+    fn attribute(&self, id: usize) -> Option<String> {
+        let mut out: *const c_char = std::ptr::null();
+        let mut len = 0usize;
+        // SAFETY: the stream of the running hook; valid out-parameters.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                self.ptr,
+                id,
+                &raw mut out,
+                &raw mut len,
+            )
+        };
+        if !found || out.is_null() {
+            return None;
+        }
+        // SAFETY: Envoy returned `len` readable bytes at `out`, copied at once.
+        let bytes = unsafe { std::slice::from_raw_parts(out.cast::<u8>(), len) };
+        Some(String::from_utf8_lossy(bytes).into_owned())
+    }
+}
+
+/// Envoy's scheduler of one stream.
+struct EnvoyScheduler(*mut c_void);
+
+// SAFETY: Envoy documents `scheduler_commit` and `scheduler_delete` as callable from any thread
+// (the event is posted to the stream's dispatcher through a weak reference); the pointer is
+// used by one owner at a time, never concurrently.
+unsafe impl Send for EnvoyScheduler {}
+
+impl Scheduler for EnvoyScheduler {
+    fn commit(&self, event: u64) {
+        // SAFETY: a scheduler Envoy made, not yet deleted (deleted only in `drop`).
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, event) };
+    }
+}
+
+impl Drop for EnvoyScheduler {
+    fn drop(&mut self) {
+        // SAFETY: deleted once, after the last commit of its only owner.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) };
+    }
+}

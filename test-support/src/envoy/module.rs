@@ -1,0 +1,148 @@
+//! The end-to-end stack of the Envoy module host: the echo upstream and a real Envoy that loads
+//! the development module (`libpolicy_dev_module.so`, built for each Envoy ABI by
+//! `scripts/build-dev-module.sh`), its route configuration in a file it reloads.
+
+use super::{
+    Process, Reply, Request, Scratch, Upstream, envoy_bin, envoy_config, envoy_counter, free_port,
+    start_envoy_with, wait_for_text,
+};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The Envoy ABI a module is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Abi {
+    /// Envoy 1.36.2, the project's pinned Envoy.
+    V1_36,
+}
+
+impl Abi {
+    fn dir(self) -> &'static str {
+        match self {
+            Abi::V1_36 => "envoy-1.36",
+        }
+    }
+
+    fn envoy(self) -> PathBuf {
+        match self {
+            Abi::V1_36 => envoy_bin(),
+        }
+    }
+}
+
+/// The directory holding the development module for `abi`: `target/<profile>/modules/<abi>/`,
+/// next to the running test's own executable.
+pub fn module_dir(abi: Abi) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test executable under target/<profile>/deps")
+        .join("modules")
+        .join(abi.dir());
+    assert!(
+        dir.join("libpolicy_dev_module.so").exists(),
+        "{} has no libpolicy_dev_module.so: run scripts/build-dev-module.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// Upstream and an Envoy running the development module, ready for requests.
+pub struct ModuleStack {
+    pub upstream: Upstream,
+    /// Envoy's listener port.
+    pub port: u16,
+    admin_port: u16,
+    _envoy: Process,
+    pub scratch: Scratch,
+}
+
+impl ModuleStack {
+    /// Envoy 1.36 with the module reading `routes` from a file it checks every 100 ms.
+    pub fn start(routes: &str) -> ModuleStack {
+        ModuleStack::start_on(Abi::V1_36, routes, "")
+    }
+
+    /// Envoy for `abi` with the module reading `routes` from a file; `settings` are more
+    /// lines of the module's settings (`maxBodyBytes: 10`).
+    pub fn start_on(abi: Abi, routes: &str, settings: &str) -> ModuleStack {
+        let scratch = Scratch::new();
+        std::fs::write(scratch.path("routes.yaml"), routes).expect("write the config");
+        let filter_config = format!(
+            "configFile: {}\nreloadIntervalMs: 100\n{settings}",
+            scratch.path("routes.yaml").display()
+        );
+        ModuleStack::try_start(abi, scratch, &filter_config)
+            .unwrap_or_else(|log| panic!("Envoy did not start the module; its log:\n{log}"))
+    }
+
+    /// Envoy for `abi` with `filter_config` as the module's configuration; Envoy's log when
+    /// it does not start.
+    pub fn try_start(
+        abi: Abi,
+        scratch: Scratch,
+        filter_config: &str,
+    ) -> Result<ModuleStack, String> {
+        let upstream = Upstream::start();
+        let port = free_port();
+        let admin_port = free_port();
+        let config = serde_json::to_string(filter_config).expect("a JSON string");
+        let filter = format!(
+            r#"          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {{name: policy_dev_module, do_not_close: true}}
+              filter_name: policy
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: {config}
+"#
+        );
+        let bootstrap = envoy_config(port, admin_port, upstream.port, None, &filter, "");
+        std::fs::write(scratch.path("envoy.yaml"), bootstrap).expect("write the bootstrap");
+        let dir = module_dir(abi);
+        let envoy = start_envoy_with(
+            &abi.envoy(),
+            &scratch,
+            admin_port,
+            &[("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", &dir)],
+        )?;
+        Ok(ModuleStack {
+            upstream,
+            port,
+            admin_port,
+            _envoy: envoy,
+            scratch,
+        })
+    }
+
+    /// Sends `request` through Envoy.
+    pub fn send(&self, request: Request<'_>) -> Reply {
+        request
+            .send(self.port)
+            .unwrap_or_else(|e| panic!("request through Envoy failed: {e}"))
+    }
+
+    /// Replaces the route configuration file atomically (write, then rename over it).
+    pub fn write_config(&self, config: &str) {
+        let staged = self.scratch.path("routes.yaml.new");
+        std::fs::write(&staged, config).expect("write the new config");
+        std::fs::rename(&staged, self.scratch.path("routes.yaml")).expect("swap the config");
+    }
+
+    /// Everything Envoy (and so the module) logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.scratch.path("envoy.log")).unwrap_or_default()
+    }
+
+    /// Waits until Envoy's log contains `needle`; panics with the log after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        wait_for_text(|| self.logs(), needle, timeout, "Envoy")
+    }
+
+    /// The value of Envoy counter `name`.
+    pub fn envoy_counter(&self, name: &str) -> u64 {
+        envoy_counter(self.admin_port, name)
+    }
+}

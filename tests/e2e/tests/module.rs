@@ -1,0 +1,222 @@
+//! The Envoy module host through a real Envoy 1.36.2: the development module loaded into Envoy's
+//! worker threads runs the same chains as the ext_proc engine, with the same answers.
+
+use policy_test_support::envoy as support;
+
+use std::time::Duration;
+use support::Request;
+use support::module::{Abi, ModuleStack};
+
+#[test]
+fn headers_change_both_ways_and_unknown_routes_are_denied() {
+    let stack = ModuleStack::start(
+        r#"
+version: v1
+routes:
+  - route: public
+    policies:
+      - name: set-header
+        version: 1.0.0
+        params:
+          request: {set: {x-team: platform}, remove: [x-internal]}
+          response: {set: {x-served-by: policy-module}}
+"#,
+    );
+    let reply = stack.send(Request::get("/public/items?q=1").header("x-internal", "secret"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-served-by"), Some("policy-module"));
+    let seen = stack.upstream.last();
+    assert_eq!(seen.path, "/public/items?q=1");
+    assert_eq!(seen.header("x-team").as_deref(), Some("platform"));
+    assert_eq!(seen.header("x-internal"), None);
+
+    let before = stack.upstream.received().len();
+    let reply = stack.send(Request::get("/elsewhere"));
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "route_not_configured");
+    assert_eq!(
+        stack.upstream.received().len(),
+        before,
+        "nothing reached upstream"
+    );
+    stack.wait_for_log("no policy chain for this route", Duration::from_secs(5));
+}
+
+#[test]
+fn a_policy_answer_short_circuits_the_chain_and_metadata_reaches_the_response_phase() {
+    let stack = ModuleStack::start(
+        r#"
+version: v1
+routes:
+  - route: private
+    policies:
+      - {name: require-header, version: 1.0.0, params: {header: x-api-user}}
+      - {name: quota, version: 1.0.0, params: {limit: 1}}
+      - {name: meta-header, version: 1.0.0, params: {key: auth.user, header: x-user-seen}}
+"#,
+    );
+    for _ in 0..2 {
+        let reply = stack.send(Request::get("/private/data"));
+        assert_eq!(reply.status, 401, "{}", reply.text());
+        assert_eq!(reply.header("www-authenticate"), Some("ApiKey"));
+    }
+    // The two refused requests used none of the quota of one.
+    let reply = stack.send(Request::get("/private/data").header("x-api-user", "alice"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-user-seen"), Some("alice"));
+    let reply = stack.send(Request::get("/private/data").header("x-api-user", "alice"));
+    assert_eq!(reply.status, 429, "{}", reply.text());
+}
+
+const BODY: &str = r#"
+version: v1
+routes:
+  - route: body
+    policies:
+      - {name: body-rewrite, version: 1.0.0}
+"#;
+
+#[test]
+fn a_body_is_judged_whole_and_a_body_past_the_limit_is_refused() {
+    let stack = ModuleStack::start_on(Abi::V1_36, BODY, "maxBodyBytes: 4096");
+    let reply = stack.send(Request::post(
+        "/body/orders",
+        br#"{"item": "book", "internal_id": 7}"#,
+    ));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = stack.upstream.last();
+    let body: serde_json::Value = serde_json::from_slice(&seen.body).expect("JSON upstream");
+    assert_eq!(body, serde_json::json!({"item": "book", "rewritten": true}));
+    assert_eq!(
+        seen.header("content-length"),
+        Some(seen.body.len().to_string())
+    );
+
+    let reply = stack.send(Request::post("/body/orders", br#"not json"#));
+    assert_eq!(reply.status, 400, "{}", reply.text());
+
+    let before = stack.upstream.received().len();
+    let big = format!(r#"{{"pad": "{}"}}"#, "x".repeat(20_000));
+    let reply = stack.send(Request::post("/body/orders", big.as_bytes()));
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert!(reply.json()["errorId"].is_string(), "{}", reply.text());
+    assert_eq!(
+        stack.upstream.received().len(),
+        before,
+        "nothing reached upstream"
+    );
+}
+
+#[test]
+fn a_waiting_policy_resumes_the_stream_and_one_past_its_timeout_fails_closed() {
+    let stack = ModuleStack::start(
+        r#"
+version: v1
+routes:
+  - route: public
+    policies:
+      - {name: slow, version: 1.0.0, params: {ms: 50}}
+  - route: private
+    policies:
+      - {name: slow, version: 1.0.0, params: {ms: 5000}}
+defaults:
+  policyTimeoutMs: 200
+"#,
+    );
+    let reply = stack.send(Request::get("/public/a"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        stack.upstream.last().header("x-slow").as_deref(),
+        Some("done")
+    );
+
+    let before = stack.upstream.received().len();
+    let reply = stack.send(Request::get("/private/a"));
+    assert_eq!(reply.status, 500, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "policy_error");
+    assert_eq!(
+        stack.upstream.received().len(),
+        before,
+        "nothing reached upstream"
+    );
+}
+
+#[test]
+fn a_panicking_policy_is_a_500_with_an_error_id_and_envoy_keeps_serving() {
+    let stack = ModuleStack::start(
+        r#"
+version: v1
+routes:
+  - route: fail
+    policies:
+      - {name: panic, version: 1.0.0}
+  - route: short
+    policies:
+      - {name: panic, version: 1.0.0, params: {pending: true}}
+  - route: public
+    policies: []
+"#,
+    );
+    for path in ["/fail/x", "/short/x"] {
+        let reply = stack.send(Request::get(path));
+        assert_eq!(reply.status, 500, "{path}: {}", reply.text());
+        let id = reply.json()["errorId"]
+            .as_str()
+            .expect("an error id")
+            .to_owned();
+        let logs = stack.wait_for_log(&id, Duration::from_secs(5));
+        assert!(logs.contains("policy panicked"), "{logs}");
+    }
+    let reply = stack.send(Request::get("/public/x"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}
+
+#[test]
+fn an_invalid_configuration_keeps_envoy_from_starting_and_names_the_problem() {
+    let scratch = support::Scratch::new();
+    let routes = "version: v1\nroutes:\n  - route: public\n    policies:\n      - {name: no-such-policy, version: 1.0.0}\n";
+    let Err(log) = ModuleStack::try_start(Abi::V1_36, scratch, routes) else {
+        panic!("Envoy started with an unknown policy");
+    };
+    assert!(log.contains("no-such-policy"), "{log}");
+    assert!(log.contains("configuration refused"), "{log}");
+}
+
+#[test]
+fn a_changed_file_is_reloaded_and_an_invalid_one_keeps_the_running_chains() {
+    let stack = ModuleStack::start(
+        r#"
+version: v1
+routes:
+  - route: public
+    policies:
+      - {name: set-header, version: 1.0.0, params: {request: {set: {x-gen: "1"}}}}
+"#,
+    );
+    let reply = stack.send(Request::get("/public/a"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(stack.upstream.last().header("x-gen").as_deref(), Some("1"));
+
+    stack.write_config(
+        r#"
+version: v1
+routes:
+  - route: public
+    policies:
+      - {name: set-header, version: 1.0.0, params: {request: {set: {x-gen: "2"}}}}
+      - {name: set-header, version: 1.0.0, params: {response: {set: {x-gen: "2"}}}}
+"#,
+    );
+    stack.wait_for_log("instances=2", Duration::from_secs(10));
+    let reply = stack.send(Request::get("/public/a"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(stack.upstream.last().header("x-gen").as_deref(), Some("2"));
+
+    stack.write_config(
+        "version: v1\nroutes: [{route: public, policies: [{name: nope, version: 1.0.0}]}]\n",
+    );
+    stack.wait_for_log("configuration rejected", Duration::from_secs(10));
+    let reply = stack.send(Request::get("/public/a"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(stack.upstream.last().header("x-gen").as_deref(), Some("2"));
+}
