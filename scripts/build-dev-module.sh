@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-$PWD/target}"
-for abi in 1.36; do
+for abi in 1.36 1.40; do
   feature="envoy-${abi/./-}"
   cargo build --locked -p policy-dev-module --no-default-features --features "$feature"
   mkdir -p "$target/debug/modules/envoy-$abi"

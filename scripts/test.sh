@@ -27,6 +27,11 @@ ENVOY_BIN="$(scripts/install-envoy.sh)"
 export ENVOY_BIN
 "$ENVOY_BIN" --version
 
+step "Envoy 1.40.0 for the module's second ABI"
+ENVOY_BIN_1_40="$(scripts/install-envoy.sh 1.40.0)"
+export ENVOY_BIN_1_40
+"$ENVOY_BIN_1_40" --version
+
 step "hadolint 2.15.1 for the Dockerfile tests"
 HADOLINT_BIN="$(scripts/install-hadolint.sh)"
 export HADOLINT_BIN

@@ -16,6 +16,10 @@ compile_error!("choose an Envoy ABI: enable the feature envoy-1-36 or envoy-1-40
 mod v1_36;
 #[cfg(feature = "envoy-1-36")]
 use v1_36 as version;
+#[cfg(all(feature = "envoy-1-40", not(feature = "envoy-1-36")))]
+mod v1_40;
+#[cfg(all(feature = "envoy-1-40", not(feature = "envoy-1-36")))]
+use v1_40 as version;
 
 use crate::envoy::Envoy;
 use crate::filter::{Filter, Flow};
@@ -161,6 +165,26 @@ fn body_status(flow: Flow) -> u32 {
     }
 }
 
+/// Builds a filter configuration from Envoy's `filter_config` bytes (null: refused).
+fn config_new(bytes: &[u8]) -> *const c_void {
+    guard("http_filter_config_new", std::ptr::null, || {
+        let Some(registry) = registry() else {
+            return std::ptr::null();
+        };
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            tracing::error!("the module's filter_config is not UTF-8: configuration refused");
+            return std::ptr::null();
+        };
+        match Host::new(Arc::clone(registry), text) {
+            Ok(host) => Arc::into_raw(host).cast(),
+            Err(error) => {
+                tracing::error!(%error, "configuration refused: Envoy keeps the filter it had");
+                std::ptr::null()
+            }
+        }
+    })
+}
+
 /// The filter behind Envoy's module pointer.
 ///
 /// # Safety
@@ -188,43 +212,6 @@ mod hooks {
                 .collect();
             tracing::info!(build = crate::build_info(), policies = %policies.join(", "), "policy module loaded");
             version::ABI_VERSION.as_ptr().cast()
-        })
-    }
-
-    #[cfg(feature = "envoy-1-36")]
-    #[unsafe(no_mangle)]
-    pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-        _config_envoy: *mut c_void,
-        _name: *const c_char,
-        _name_len: usize,
-        config: *const c_char,
-        config_len: usize,
-    ) -> *const c_void {
-        let bytes = if config.is_null() {
-            &[][..]
-        } else {
-            // SAFETY: Envoy passes `config_len` readable bytes, valid during this call.
-            unsafe { std::slice::from_raw_parts(config.cast::<u8>(), config_len) }
-        };
-        config_new(bytes)
-    }
-
-    fn config_new(bytes: &[u8]) -> *const c_void {
-        guard("http_filter_config_new", std::ptr::null, || {
-            let Some(registry) = registry() else {
-                return std::ptr::null();
-            };
-            let Ok(text) = std::str::from_utf8(bytes) else {
-                tracing::error!("the module's filter_config is not UTF-8: configuration refused");
-                return std::ptr::null();
-            };
-            match Host::new(Arc::clone(registry), text) {
-                Ok(host) => Arc::into_raw(host).cast(),
-                Err(error) => {
-                    tracing::error!(%error, "configuration refused: Envoy keeps the filter it had");
-                    std::ptr::null()
-                }
-            }
         })
     }
 
@@ -412,20 +399,5 @@ mod hooks {
                 unsafe { filter(module) }.on_scheduled(&stream);
             },
         );
-    }
-
-    /// Callouts are not used; the hook must exist for Envoy to accept the module.
-    #[cfg(feature = "envoy-1-36")]
-    #[unsafe(no_mangle)]
-    pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-        _envoy: FilterPtr,
-        _module: *const c_void,
-        _callout_id: u32,
-        _result: u32,
-        _headers: *const EnvoyHeader,
-        _headers_len: usize,
-        _body: *const Buffer,
-        _body_len: usize,
-    ) {
     }
 }

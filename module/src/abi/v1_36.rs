@@ -381,3 +381,40 @@ impl Drop for EnvoyScheduler {
         unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) };
     }
 }
+
+/// The hooks whose shape is 1.36's own.
+mod hooks {
+    use super::super::{Buffer, EnvoyHeader, FilterPtr, config_new};
+    use std::ffi::{c_char, c_void};
+
+    #[unsafe(no_mangle)]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+        _config_envoy: *mut c_void,
+        _name: *const c_char,
+        _name_len: usize,
+        config: *const c_char,
+        config_len: usize,
+    ) -> *const c_void {
+        let bytes = if config.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: Envoy passes `config_len` readable bytes, valid during this call.
+            unsafe { std::slice::from_raw_parts(config.cast::<u8>(), config_len) }
+        };
+        config_new(bytes)
+    }
+
+    /// Callouts are not used; the hook must exist for Envoy to accept the module.
+    #[unsafe(no_mangle)]
+    pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+        _envoy: FilterPtr,
+        _module: *const c_void,
+        _callout_id: u32,
+        _result: u32,
+        _headers: *const EnvoyHeader,
+        _headers_len: usize,
+        _body: *const Buffer,
+        _body_len: usize,
+    ) {
+    }
+}

@@ -14,18 +14,34 @@ use std::time::Duration;
 pub enum Abi {
     /// Envoy 1.36.2, the project's pinned Envoy.
     V1_36,
+    /// Envoy 1.40.0 (versioned ABI `v0.2.0`).
+    V1_40,
 }
 
 impl Abi {
     fn dir(self) -> &'static str {
         match self {
             Abi::V1_36 => "envoy-1.36",
+            Abi::V1_40 => "envoy-1.40",
         }
     }
 
-    fn envoy(self) -> PathBuf {
+    /// The Envoy binary: 1.36 as [`envoy_bin`]; 1.40 from `$ENVOY_BIN_1_40`, else the one
+    /// `scripts/install-envoy.sh 1.40.0` put in `.venv-envoy-1.40.0`.
+    pub fn envoy(self) -> PathBuf {
         match self {
             Abi::V1_36 => envoy_bin(),
+            Abi::V1_40 => {
+                if let Some(bin) = std::env::var_os("ENVOY_BIN_1_40") {
+                    return bin.into();
+                }
+                let local = super::repo_root().join(".venv-envoy-1.40.0/bin/envoy");
+                assert!(
+                    local.exists(),
+                    "no Envoy 1.40 found: run scripts/install-envoy.sh 1.40.0 (or set ENVOY_BIN_1_40)"
+                );
+                local
+            }
         }
     }
 }
@@ -59,9 +75,9 @@ pub struct ModuleStack {
 }
 
 impl ModuleStack {
-    /// Envoy 1.36 with the module reading `routes` from a file it checks every 100 ms.
-    pub fn start(routes: &str) -> ModuleStack {
-        ModuleStack::start_on(Abi::V1_36, routes, "")
+    /// Envoy for `abi` with the module reading `routes` from a file it checks every 100 ms.
+    pub fn start(abi: Abi, routes: &str) -> ModuleStack {
+        ModuleStack::start_on(abi, routes, "")
     }
 
     /// Envoy for `abi` with the module reading `routes` from a file; `settings` are more

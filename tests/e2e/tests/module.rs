@@ -1,5 +1,6 @@
-//! The Envoy module host through a real Envoy 1.36.2: the development module loaded into Envoy's
-//! worker threads runs the same chains as the ext_proc engine, with the same answers.
+//! The Envoy module host through real Envoys, 1.36.2 and 1.40.0: the development module loaded
+//! into Envoy's worker threads runs the same chains as the ext_proc engine, with the same answers.
+//! Every scenario runs on both (`envoy_1_36::*`, `envoy_1_40::*`).
 
 use policy_test_support::envoy as support;
 
@@ -7,9 +8,37 @@ use std::time::Duration;
 use support::Request;
 use support::module::{Abi, ModuleStack};
 
-#[test]
-fn headers_change_both_ways_and_unknown_routes_are_denied() {
+/// Runs each scenario on Envoy 1.36 and on Envoy 1.40.
+macro_rules! on_both_envoys {
+    ($($scenario:ident),* $(,)?) => {
+        mod envoy_1_36 {
+            $(#[test]
+            fn $scenario() {
+                super::$scenario(super::Abi::V1_36);
+            })*
+        }
+        mod envoy_1_40 {
+            $(#[test]
+            fn $scenario() {
+                super::$scenario(super::Abi::V1_40);
+            })*
+        }
+    };
+}
+
+on_both_envoys!(
+    headers_change_both_ways_and_unknown_routes_are_denied,
+    a_policy_answer_short_circuits_the_chain_and_metadata_reaches_the_response_phase,
+    a_body_is_judged_whole_and_a_body_past_the_limit_is_refused,
+    a_waiting_policy_resumes_the_stream_and_one_past_its_timeout_fails_closed,
+    a_panicking_policy_is_a_500_with_an_error_id_and_envoy_keeps_serving,
+    an_invalid_configuration_keeps_envoy_from_starting_and_names_the_problem,
+    a_changed_file_is_reloaded_and_an_invalid_one_keeps_the_running_chains,
+);
+
+fn headers_change_both_ways_and_unknown_routes_are_denied(abi: Abi) {
     let stack = ModuleStack::start(
+        abi,
         r#"
 version: v1
 routes:
@@ -42,9 +71,9 @@ routes:
     stack.wait_for_log("no policy chain for this route", Duration::from_secs(5));
 }
 
-#[test]
-fn a_policy_answer_short_circuits_the_chain_and_metadata_reaches_the_response_phase() {
+fn a_policy_answer_short_circuits_the_chain_and_metadata_reaches_the_response_phase(abi: Abi) {
     let stack = ModuleStack::start(
+        abi,
         r#"
 version: v1
 routes:
@@ -76,9 +105,8 @@ routes:
       - {name: body-rewrite, version: 1.0.0}
 "#;
 
-#[test]
-fn a_body_is_judged_whole_and_a_body_past_the_limit_is_refused() {
-    let stack = ModuleStack::start_on(Abi::V1_36, BODY, "maxBodyBytes: 4096");
+fn a_body_is_judged_whole_and_a_body_past_the_limit_is_refused(abi: Abi) {
+    let stack = ModuleStack::start_on(abi, BODY, "maxBodyBytes: 100000");
     let reply = stack.send(Request::post(
         "/body/orders",
         br#"{"item": "book", "internal_id": 7}"#,
@@ -95,8 +123,17 @@ fn a_body_is_judged_whole_and_a_body_past_the_limit_is_refused() {
     let reply = stack.send(Request::post("/body/orders", br#"not json"#));
     assert_eq!(reply.status, 400, "{}", reply.text());
 
+    // Arriving in many parts, judged and replaced whole.
+    let pad = "x".repeat(60_000);
+    let big = format!(r#"{{"pad": "{pad}", "internal_id": 7}}"#);
+    let reply = stack.send(Request::post("/body/orders", big.as_bytes()));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = stack.upstream.last();
+    let body: serde_json::Value = serde_json::from_slice(&seen.body).expect("JSON upstream");
+    assert_eq!(body, serde_json::json!({"pad": pad, "rewritten": true}));
+
     let before = stack.upstream.received().len();
-    let big = format!(r#"{{"pad": "{}"}}"#, "x".repeat(20_000));
+    let big = format!(r#"{{"pad": "{}"}}"#, "x".repeat(200_000));
     let reply = stack.send(Request::post("/body/orders", big.as_bytes()));
     assert_eq!(reply.status, 413, "{}", reply.text());
     assert!(reply.json()["errorId"].is_string(), "{}", reply.text());
@@ -107,9 +144,9 @@ fn a_body_is_judged_whole_and_a_body_past_the_limit_is_refused() {
     );
 }
 
-#[test]
-fn a_waiting_policy_resumes_the_stream_and_one_past_its_timeout_fails_closed() {
+fn a_waiting_policy_resumes_the_stream_and_one_past_its_timeout_fails_closed(abi: Abi) {
     let stack = ModuleStack::start(
+        abi,
         r#"
 version: v1
 routes:
@@ -141,9 +178,9 @@ defaults:
     );
 }
 
-#[test]
-fn a_panicking_policy_is_a_500_with_an_error_id_and_envoy_keeps_serving() {
+fn a_panicking_policy_is_a_500_with_an_error_id_and_envoy_keeps_serving(abi: Abi) {
     let stack = ModuleStack::start(
+        abi,
         r#"
 version: v1
 routes:
@@ -171,20 +208,19 @@ routes:
     assert_eq!(reply.status, 200, "{}", reply.text());
 }
 
-#[test]
-fn an_invalid_configuration_keeps_envoy_from_starting_and_names_the_problem() {
+fn an_invalid_configuration_keeps_envoy_from_starting_and_names_the_problem(abi: Abi) {
     let scratch = support::Scratch::new();
     let routes = "version: v1\nroutes:\n  - route: public\n    policies:\n      - {name: no-such-policy, version: 1.0.0}\n";
-    let Err(log) = ModuleStack::try_start(Abi::V1_36, scratch, routes) else {
+    let Err(log) = ModuleStack::try_start(abi, scratch, routes) else {
         panic!("Envoy started with an unknown policy");
     };
     assert!(log.contains("no-such-policy"), "{log}");
     assert!(log.contains("configuration refused"), "{log}");
 }
 
-#[test]
-fn a_changed_file_is_reloaded_and_an_invalid_one_keeps_the_running_chains() {
+fn a_changed_file_is_reloaded_and_an_invalid_one_keeps_the_running_chains(abi: Abi) {
     let stack = ModuleStack::start(
+        abi,
         r#"
 version: v1
 routes:
