@@ -566,3 +566,6 @@ fn client_address(text: &str) -> Option<SocketAddr> {
         .ok()
         .or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 0)))
 }
+
+#[cfg(test)]
+mod tests;
