@@ -48,11 +48,21 @@ fn toml_string(text: &str) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// Compiles the crate in `dir`; returns the path of the built `policy-engine` binary.
+/// What a generated crate builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Artifact {
+    /// The `policy-engine` executable.
+    Engine,
+    /// The `policy_module` shared library.
+    Module,
+}
+
+/// Compiles the crate in `dir`; returns the path of the built `artifact`.
 pub fn compile(
     dir: &Path,
     policies: &[ValidPolicy],
     options: &CargoOptions,
+    artifact: Artifact,
 ) -> Result<PathBuf, Failure> {
     let fail = |p: Problem| Failure::one(Stage::Compilation, p);
     let manifest = dir.join("Cargo.toml");
@@ -87,13 +97,25 @@ pub fn compile(
     if let Some(stdout) = child.stdout.take() {
         for message in Message::parse_stream(BufReader::new(stdout)).flatten() {
             match message {
-                Message::CompilerArtifact(artifact) => {
-                    if let Some(exe) = artifact.executable
-                        && artifact.target.name == "policy-engine"
-                    {
-                        binary = Some(exe.into_std_path_buf());
+                Message::CompilerArtifact(built) => match artifact {
+                    Artifact::Engine => {
+                        if let Some(exe) = built.executable
+                            && built.target.name == "policy-engine"
+                        {
+                            binary = Some(exe.into_std_path_buf());
+                        }
                     }
-                }
+                    Artifact::Module => {
+                        if built.target.name == "policy_module"
+                            && let Some(so) = built
+                                .filenames
+                                .into_iter()
+                                .find(|f| f.extension() == Some("so"))
+                        {
+                            binary = Some(so.into_std_path_buf());
+                        }
+                    }
+                },
                 Message::CompilerMessage(msg)
                     if msg.message.level == cargo_metadata::diagnostic::DiagnosticLevel::Error =>
                 {

@@ -10,6 +10,46 @@ use std::process::Command;
 const CARGO_TOML: &str = include_str!("../../templates/registry/Cargo.toml.tera");
 const MAIN_RS: &str = include_str!("../../templates/registry/main.rs.tera");
 const DOCKERFILE: &str = include_str!("../../templates/Dockerfile.tera");
+const MODULE_CARGO_TOML: &str = include_str!("../../templates/module/Cargo.toml.tera");
+const MODULE_LIB_RS: &str = include_str!("../../templates/module/lib.rs.tera");
+
+/// The Envoy ABI a module is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Abi {
+    /// Envoy 1.36.x.
+    #[serde(rename = "1.36")]
+    V1_36,
+    /// Envoy 1.40.x.
+    #[serde(rename = "1.40")]
+    V1_40,
+}
+
+impl Abi {
+    /// The Envoy version line, `1.36`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Abi::V1_36 => "1.36",
+            Abi::V1_40 => "1.40",
+        }
+    }
+
+    /// The `policy-envoy-module` feature that selects it.
+    fn feature(self) -> &'static str {
+        match self {
+            Abi::V1_36 => "envoy-1-36",
+            Abi::V1_40 => "envoy-1-40",
+        }
+    }
+}
+
+/// Which host the generated crate builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    /// The `policy-engine` binary (the ext_proc host).
+    ExtProc,
+    /// `libpolicy_module.so`, an Envoy dynamic module for this ABI.
+    Module(Abi),
+}
 
 /// The default runtime image base: glibc, CA certificates, no shell, non-root user 65532.
 pub const DEFAULT_BASE_IMAGE: &str = "gcr.io/distroless/cc-debian12:nonroot";
@@ -113,12 +153,13 @@ struct PolicyView {
     uri: String,
 }
 
-/// Renders the registry crate into `dir` and returns its build information.
+/// Renders the registry crate of `host` into `dir` and returns its build information.
 pub fn generate(
     manifest: &Manifest,
     policies: &[ValidPolicy],
     sources: &Sources,
     dir: &Path,
+    host: Host,
 ) -> Result<BuildInfo, Failure> {
     let fail = |message: String| Failure::one(Stage::Generation, Problem::new(message));
     let mut policies = policies.to_vec();
@@ -191,7 +232,11 @@ pub fn generate(
     let mut context = context(&info);
     context.insert("policies", &views);
     context.insert("pins", &pins);
-    for (key, dir) in [("core_path", "core"), ("ext_proc_path", "ext-proc")] {
+    for (key, dir) in [
+        ("core_path", "core"),
+        ("ext_proc_path", "ext-proc"),
+        ("module_path", "module"),
+    ] {
         context.insert(
             key,
             &toml_escape(&sources.engine_dir.join(dir).display().to_string()),
@@ -204,16 +249,24 @@ pub fn generate(
     context.insert("lto", &false);
     context.insert("codegen_units", &16);
 
+    let (cargo_toml, source, source_path) = match host {
+        Host::ExtProc => (CARGO_TOML, MAIN_RS, "src/main.rs"),
+        Host::Module(abi) => {
+            context.insert("envoy", abi.version());
+            context.insert("abi_feature", abi.feature());
+            (MODULE_CARGO_TOML, MODULE_LIB_RS, "src/lib.rs")
+        }
+    };
     let build_info = serde_json::to_string_pretty(&info)
         .map_err(|e| fail(format!("serialising the build information: {e}")))?;
     let files = [
         (
             PathBuf::from("Cargo.toml"),
-            render("Cargo.toml", CARGO_TOML, &context)?,
+            render("Cargo.toml", cargo_toml, &context)?,
         ),
         (
-            PathBuf::from("src/main.rs"),
-            render("main.rs", MAIN_RS, &context)?,
+            PathBuf::from(source_path),
+            render(source_path, source, &context)?,
         ),
         (PathBuf::from("build-info.json"), build_info + "\n"),
     ];

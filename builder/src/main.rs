@@ -12,6 +12,8 @@ mod vendor;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use compile::Artifact;
+use generate::Host;
 use policy_builder::{manifest, report};
 use report::{Failure, Stage};
 use serde_json::json;
@@ -82,6 +84,60 @@ struct Common {
     /// The runtime image's base in the generated Dockerfile.
     #[arg(long, global = true, default_value = generate::DEFAULT_BASE_IMAGE)]
     base_image: String,
+    /// What to build: the ext_proc engine (`policy-engine`), the Envoy module
+    /// (`libpolicy_module.so`), or both from one validation.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "POLICY_BUILDER_TARGET",
+        default_value_t = Target::ExtProc
+    )]
+    target: Target,
+    /// The Envoy the module is built for (each Envoy line has its own module ABI).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "POLICY_BUILDER_ENVOY",
+        default_value_t = EnvoyVersion::V1_36
+    )]
+    envoy: EnvoyVersion,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Target {
+    /// The ext_proc engine.
+    ExtProc,
+    /// The Envoy dynamic module.
+    EnvoyModule,
+    /// Both.
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum EnvoyVersion {
+    /// Envoy 1.36.x.
+    #[value(name = "1.36")]
+    V1_36,
+    /// Envoy 1.40.x.
+    #[value(name = "1.40")]
+    V1_40,
+}
+
+impl Common {
+    /// The hosts to build, in order.
+    fn hosts(&self) -> Vec<Host> {
+        let abi = match self.envoy {
+            EnvoyVersion::V1_36 => generate::Abi::V1_36,
+            EnvoyVersion::V1_40 => generate::Abi::V1_40,
+        };
+        match self.target {
+            Target::ExtProc => vec![Host::ExtProc],
+            Target::EnvoyModule => vec![Host::Module(abi)],
+            Target::Both => vec![Host::ExtProc, Host::Module(abi)],
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -207,15 +263,63 @@ fn run(
         engine_dir,
         pin_features: common.pin_features,
     };
-    let crate_dir = match command {
-        Command::Generate => common.out.clone(),
-        _ => common.out.join("engine-crate"),
+    let hosts = common.hosts();
+    let job = Job {
+        command,
+        common,
+        progress,
+        manifest: &manifest,
+        policies: &policies,
+        sources: &sources,
+        hosts: hosts.len(),
     };
-    let info = generate::generate(&manifest, &policies, &sources, &crate_dir)?;
+    for host in hosts {
+        build(&job, host, &mut summary)?;
+    }
+    Ok(summary)
+}
+
+/// What every host's build shares.
+struct Job<'a> {
+    command: &'a Command,
+    common: &'a Common,
+    progress: &'a Progress,
+    manifest: &'a manifest::Manifest,
+    policies: &'a [validate::ValidPolicy],
+    sources: &'a generate::Sources,
+    /// How many hosts this run builds.
+    hosts: usize,
+}
+
+/// Generates, compiles and packages one host (generates only, for `generate`), adding what it
+/// made to `summary`.
+fn build(job: &Job<'_>, host: Host, summary: &mut serde_json::Value) -> anyhow::Result<()> {
+    let Job {
+        command,
+        common,
+        progress,
+        manifest,
+        policies,
+        sources,
+        hosts,
+    } = *job;
+    let steps = match command {
+        Command::Generate => 3,
+        _ => 5,
+    };
+    let (name, crate_key) = match host {
+        Host::ExtProc => ("engine-crate", "crate"),
+        Host::Module(_) => ("module-crate", "moduleCrate"),
+    };
+    let crate_dir = match command {
+        Command::Generate if hosts == 1 => common.out.clone(),
+        _ => common.out.join(name),
+    };
+    let info = generate::generate(manifest, policies, sources, &crate_dir, host)?;
     progress.step(3, steps, Stage::Generation, crate_dir.display());
-    summary["crate"] = json!(crate_dir);
+    summary[crate_key] = json!(crate_dir);
     if let Command::Generate = command {
-        return Ok(summary);
+        return Ok(());
     }
 
     let target_dir = target_dir(common.target_dir.as_deref(), &common.out);
@@ -241,21 +345,42 @@ fn run(
             .transpose()?,
         show_progress: progress.on,
     };
-    let built = compile::compile(&crate_dir, &policies, &options)?;
-    let output = package::package(&built, &info, &common.out, &common.base_image)?;
-    progress.step(
-        5,
-        steps,
-        Stage::Packaging,
-        format_args!(
-            "{} ({:.1} MB), Dockerfile, build-info.json",
-            output.binary.display(),
-            output.binary_bytes as f64 / 1e6
-        ),
-    );
-    summary["output"] = serde_json::to_value(&output)?;
+    match host {
+        Host::ExtProc => {
+            let built = compile::compile(&crate_dir, policies, &options, Artifact::Engine)?;
+            let output = package::package(&built, &info, &common.out, &common.base_image)?;
+            progress.step(
+                5,
+                steps,
+                Stage::Packaging,
+                format_args!(
+                    "{} ({:.1} MB), Dockerfile, build-info.json",
+                    output.binary.display(),
+                    output.binary_bytes as f64 / 1e6
+                ),
+            );
+            summary["output"] = serde_json::to_value(&output)?;
+        }
+        Host::Module(abi) => {
+            let built = compile::compile(&crate_dir, policies, &options, Artifact::Module)?;
+            let output = package::package_module(&built, &info, &common.out, abi)?;
+            progress.step(
+                5,
+                steps,
+                Stage::Packaging,
+                format_args!(
+                    "{} for Envoy {} ({:.1} MB), {}, build-info.json",
+                    output.module.display(),
+                    abi.version(),
+                    output.module_bytes as f64 / 1e6,
+                    output.envoy_config.display()
+                ),
+            );
+            summary["module"] = serde_json::to_value(&output)?;
+        }
+    }
     summary["buildInfo"] = serde_json::to_value(&info)?;
-    Ok(summary)
+    Ok(())
 }
 
 /// The engine source tree: the flag, else the tree this builder was compiled from.

@@ -213,3 +213,59 @@ fn registered(engine: &std::path::Path) -> Vec<String> {
     assert!(policies.status.success(), "{policies:?}");
     e2e::policy_keys(&serde_json::from_slice(&policies.stdout).expect("JSON"))
 }
+
+/// The sample manifest as an Envoy module: built for one Envoy (`--target envoy-module`) or
+/// beside the engine (`--target both`), loaded by that Envoy, serving a sample policy.
+fn module_serves_through_envoy(target: &str, envoy: &str, abi: e2e::module::Abi) {
+    let temp = Temp::new("module");
+    let out = temp.path("dist");
+    let manifest = format!("{}/../policy-manifest.yaml", env!("CARGO_MANIFEST_DIR"));
+    let run = builder(&[
+        "--manifest",
+        &manifest,
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--target",
+        target,
+        "--envoy",
+        envoy,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON report");
+    assert_eq!(report["module"]["envoy"], envoy, "{report:#}");
+    let library = out.join("libpolicy_module.so");
+    for file in ["envoy-module.yaml", "build-info.json"] {
+        assert!(out.join(file).is_file(), "{file} in {}", out.display());
+    }
+    assert_eq!(out.join("policy-engine").exists(), target == "both");
+    let snippet = std::fs::read_to_string(out.join("envoy-module.yaml")).expect("snippet");
+    assert!(snippet.contains("name: policy_module"), "{snippet}");
+
+    let routes = "version: v1\nroutes:\n  - route: public\n    policies:\n      - {name: set-header, version: 1.0.0, params: {response: {set: {x-built: module}}}}\n";
+    let scratch = e2e::Scratch::new();
+    std::fs::write(scratch.path("routes.yaml"), routes).expect("routes");
+    let config = format!("configFile: {}", scratch.path("routes.yaml").display());
+    let stack = e2e::module::ModuleStack::try_start_library(abi, scratch, &config, &library)
+        .unwrap_or_else(|log| panic!("Envoy {envoy} did not load the module:\n{log}"));
+    let reply = stack.send(e2e::Request::get("/public/x"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-built"), Some("module"));
+    let logs = stack.wait_for_log("policy module loaded", std::time::Duration::from_secs(5));
+    let sha = report["manifestSha256"].as_str().expect("sha");
+    assert!(
+        logs.contains(sha),
+        "the module logs its build information:\n{logs}"
+    );
+}
+
+#[test]
+fn the_sample_manifest_builds_as_a_module_that_envoy_1_36_runs() {
+    module_serves_through_envoy("envoy-module", "1.36", e2e::module::Abi::V1_36);
+}
+
+#[test]
+fn the_sample_manifest_builds_as_engine_and_module_for_envoy_1_40() {
+    module_serves_through_envoy("both", "1.40", e2e::module::Abi::V1_40);
+}

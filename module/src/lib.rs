@@ -54,16 +54,26 @@ macro_rules! abi_name {
 }
 use abi_name;
 
-/// Makes the calling `cdylib` crate an Envoy module whose policies `$registry()` registers.
+/// Makes the calling `cdylib` crate an Envoy module whose policies `$registry()` registers;
+/// `build_info` (the builder's `build-info.json`) is logged when Envoy loads the module.
 #[macro_export]
 macro_rules! export_module {
     ($registry:path) => {
-        // SAFETY: the one symbol the module's ABI layer reads the registry through, with the
-        // signature it declares (`fn() -> Registry`).
+        $crate::export_module!($registry, build_info = "");
+    };
+    ($registry:path, build_info = $info:expr) => {
+        // SAFETY: the symbols the module's ABI layer reads the registry and the build information
+        // through, with the signatures it declares.
         #[unsafe(no_mangle)]
         #[doc(hidden)]
         pub fn __policy_module_registry() -> $crate::Registry {
             $registry()
+        }
+
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        pub fn __policy_module_build_info() -> &'static str {
+            $info
         }
     };
 }

@@ -104,6 +104,15 @@ impl From<&(&str, &str)> for ModuleHeader {
 // links this crate; without it the module does not link.
 unsafe extern "Rust" {
     fn __policy_module_registry() -> Registry;
+    fn __policy_module_build_info() -> &'static str;
+}
+
+/// The cdylib's build information (the builder's `build-info.json`, compacted), if it has one.
+fn module_build_info() -> Option<String> {
+    // SAFETY: a Rust function of this crate's Rust version (see the declaration).
+    let text = unsafe { __policy_module_build_info() };
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    Some(value.to_string())
 }
 
 fn registry() -> Option<&'static Arc<Registry>> {
@@ -210,7 +219,8 @@ mod hooks {
                 .iter()
                 .map(|p| format!("{}:{}", p.definition().name, p.definition().version))
                 .collect();
-            tracing::info!(build = crate::build_info(), policies = %policies.join(", "), "policy module loaded");
+            let built = module_build_info().unwrap_or_default();
+            tracing::info!(host = crate::build_info(), build_info = %built, policies = %policies.join(", "), "policy module loaded");
             version::ABI_VERSION.as_ptr().cast()
         })
     }

@@ -93,13 +93,31 @@ impl ModuleStack {
             .unwrap_or_else(|log| panic!("Envoy did not start the module; its log:\n{log}"))
     }
 
-    /// Envoy for `abi` with `filter_config` as the module's configuration; Envoy's log when
-    /// it does not start.
+    /// Envoy for `abi` with `filter_config` as the development module's configuration; Envoy's
+    /// log when it does not start.
     pub fn try_start(
         abi: Abi,
         scratch: Scratch,
         filter_config: &str,
     ) -> Result<ModuleStack, String> {
+        let library = module_dir(abi).join("libpolicy_dev_module.so");
+        ModuleStack::try_start_library(abi, scratch, filter_config, &library)
+    }
+
+    /// Envoy for `abi` loading the module `library` (`.../lib<name>.so`, e.g. one the builder
+    /// built) with `filter_config`; Envoy's log when it does not start.
+    pub fn try_start_library(
+        abi: Abi,
+        scratch: Scratch,
+        filter_config: &str,
+        library: &Path,
+    ) -> Result<ModuleStack, String> {
+        let dir = library.parent().expect("the module's directory");
+        let name = library
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.strip_prefix("lib"))
+            .expect("a module named lib<name>.so");
         let upstream = Upstream::start();
         let port = free_port();
         let admin_port = free_port();
@@ -108,7 +126,7 @@ impl ModuleStack {
             r#"          - name: envoy.filters.http.dynamic_modules
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-              dynamic_module_config: {{name: policy_dev_module, do_not_close: true}}
+              dynamic_module_config: {{name: {name}, do_not_close: true}}
               filter_name: policy
               filter_config:
                 "@type": type.googleapis.com/google.protobuf.StringValue
@@ -117,12 +135,11 @@ impl ModuleStack {
         );
         let bootstrap = envoy_config(port, admin_port, upstream.port, None, &filter, "");
         std::fs::write(scratch.path("envoy.yaml"), bootstrap).expect("write the bootstrap");
-        let dir = module_dir(abi);
         let envoy = start_envoy_with(
             &abi.envoy(),
             &scratch,
             admin_port,
-            &[("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", &dir)],
+            &[("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", dir)],
         )?;
         Ok(ModuleStack {
             upstream,
