@@ -3,8 +3,9 @@
 # latency and CPU per request (user + system, from /proc) for Envoy alone, Envoy + a do-nothing
 # ext_proc server (the baseline), Envoy + the engine with an empty chain, and with a 3-policy
 # header chain, in the minimal processing mode and in the recommended fail-safe one (Envoy sends
-# everything, the engine turns off what the chain does not need); each under load (CONNECTIONS)
-# and under light load (1 connection). Then the 3-policy chain again, with 5,000 more routes
+# everything, the engine turns off what the chain does not need), and the Envoy module (the same
+# policies inside Envoy: tests/dev-module) with the empty and the 3-policy chain; each under load
+# (CONNECTIONS) and under light load (1 connection). Then the 3-policy chain again, with 5,000 more routes
 # configured (scripts/gen-routes.sh), without and with reloads: a loop applies 5,000-route
 # documents that differ in every entry, one after the other, for the whole run.
 # Not a test: it prints a Markdown table for docs/benchmarks.md.
@@ -27,6 +28,7 @@ if ! command -v wrk >/dev/null || ! [ -x /usr/sbin/nginx ]; then
 fi
 envoy="$(scripts/install-envoy.sh)"
 cargo build --release --locked -q -p policy-e2e --bins
+cargo build --release --locked -q -p policy-dev-module
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 engine="$target_dir/release/dev-engine"
 noop="$target_dir/release/noop-ext-proc"
@@ -98,6 +100,9 @@ EOF
   echo "    policies: []"
 } >"$work/routes.yaml.base"
 cp "$work/routes.yaml.base" "$work/routes.yaml"
+# The module's routes: the same chains, named after the module's listeners.
+sed -e 's/route: chain3$/route: module_chain3/' -e 's/route: empty$/route: module_empty/' \
+  "$work/routes.yaml.base" >"$work/module-routes.yaml"
 "$engine" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --reload-interval-ms 100 \
   --config "$work/routes.yaml" --log-level warn >"$work/engine.out" 2>"$work/engine.err" &
 engine_pid=$!
@@ -126,7 +131,19 @@ ext_proc() { # CLUSTER [MODE]
               processing_mode: ${2:-$minimal_mode}
 EOF
 }
-listener() { # NAME PORT [EXT_PROC_CLUSTER [MODE]]; the route is named like the listener
+module_filter() {
+  cat <<EOF
+          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {name: policy_dev_module, do_not_close: true}
+              filter_name: policy
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: "configFile: $work/module-routes.yaml"
+EOF
+}
+listener() { # NAME PORT [EXT_PROC_CLUSTER [MODE] | module]; the route is named like the listener
   cat <<EOF
   - name: $1
     address: {socket_address: {address: 127.0.0.1, port_value: $2}}
@@ -144,7 +161,11 @@ listener() { # NAME PORT [EXT_PROC_CLUSTER [MODE]]; the route is named like the 
               - {name: $1, match: {prefix: "/"}, route: {cluster: upstream}}
           http_filters:
 EOF
-  if [ -n "${3:-}" ]; then ext_proc "$3" "${4:-}"; fi
+  if [ "${3:-}" = module ]; then
+    module_filter
+  elif [ -n "${3:-}" ]; then
+    ext_proc "$3" "${4:-}"
+  fi
   cat <<EOF
           - name: envoy.filters.http.router
             typed_config:
@@ -173,7 +194,7 @@ EOF
 }
 admin_port="$(free_port)"
 declare -A port
-for name in plain noop empty chain3 chain3_failsafe; do port[$name]="$(free_port)"; done
+for name in plain noop empty chain3 chain3_failsafe module_empty module_chain3; do port[$name]="$(free_port)"; done
 {
   echo "admin: {address: {socket_address: {address: 127.0.0.1, port_value: $admin_port}}}"
   echo "static_resources:"
@@ -183,20 +204,25 @@ for name in plain noop empty chain3 chain3_failsafe; do port[$name]="$(free_port
   listener empty "${port[empty]}" policy_engine
   listener chain3 "${port[chain3]}" policy_engine
   listener chain3_failsafe "${port[chain3_failsafe]}" policy_engine "$failsafe_mode"
+  listener module_empty "${port[module_empty]}" module
+  listener module_chain3 "${port[module_chain3]}" module
   echo "  clusters:"
   cluster upstream "$upstream_port"
   cluster noop "$noop_port" h2
   cluster policy_engine "$engine_port" h2
 } >"$work/envoy.yaml"
-"$envoy" -c "$work/envoy.yaml" --disable-hot-restart --concurrency 1 --log-level warning 2>"$work/envoy.err" &
+ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$target_dir/release" \
+  "$envoy" -c "$work/envoy.yaml" --disable-hot-restart --concurrency 1 --log-level warning 2>"$work/envoy.err" &
 envoy_pid=$!
 pids+=("$envoy_pid")
 wait_http "http://127.0.0.1:$admin_port/ready"
 wait_http "http://127.0.0.1:$upstream_port/"
 
 # The chain must really run: without the credential the engine answers 401.
-status="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${port[chain3]}/")"
-[ "$status" = 401 ] || { echo "expected 401 from the chain, got $status" >&2; exit 1; }
+for name in chain3 module_chain3; do
+  status="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${port[$name]}/")"
+  [ "$status" = 401 ] || { echo "expected 401 from the $name chain, got $status" >&2; exit 1; }
+done
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # PID: user + system CPU in clock ticks
 per_request() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f µs", t * 1e6 / hz / n}'; }
@@ -230,6 +256,8 @@ for c in "$connections" 1; do
   run "Envoy + engine, empty chain" empty "$engine_pid" "$c"
   run "Envoy + engine, 3-policy header chain" chain3 "$engine_pid" "$c"
   run "Envoy + engine, 3-policy header chain, fail-safe mode" chain3_failsafe "$engine_pid" "$c"
+  run "Envoy + module, empty chain" module_empty "" "$c"
+  run "Envoy + module, 3-policy header chain" module_chain3 "" "$c"
 done
 
 # Reloads under load: the same chain with 5,000 more routes, then while they are re-applied.
