@@ -2,11 +2,19 @@
 //! into Envoy's worker threads runs the same chains as the ext_proc engine, with the same answers.
 //! Every scenario runs on both (`envoy_1_36::*`, `envoy_1_40::*`).
 
-use policy_test_support::envoy as support;
+#![allow(
+    clippy::disallowed_methods,
+    reason = "waits on servers it started, on the test's own thread"
+)]
 
-use std::time::Duration;
+use policy_test_support::envoy as support;
+use policy_test_support::jwt;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
 use support::Request;
 use support::module::{Abi, ModuleStack};
+use support::traffic::Traffic;
 
 /// Runs each scenario on Envoy 1.36 and on Envoy 1.40.
 macro_rules! on_both_envoys {
@@ -34,6 +42,8 @@ on_both_envoys!(
     a_panicking_policy_is_a_500_with_an_error_id_and_envoy_keeps_serving,
     an_invalid_configuration_keeps_envoy_from_starting_and_names_the_problem,
     a_changed_file_is_reloaded_and_an_invalid_one_keeps_the_running_chains,
+    a_jwks_fetch_that_ends_after_the_client_left_harms_nothing,
+    reloads_under_load_fail_no_request,
 );
 
 fn headers_change_both_ways_and_unknown_routes_are_denied(abi: Abi) {
@@ -255,4 +265,107 @@ routes:
     let reply = stack.send(Request::get("/public/a"));
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(stack.upstream.last().header("x-gen").as_deref(), Some("2"));
+}
+
+fn a_jwks_fetch_that_ends_after_the_client_left_harms_nothing(abi: Abi) {
+    let server = jwt::JwksServer::start(serde_json::json!({"keys": [jwt::jwk("rsa", "rsa-1")]}));
+    let stack = ModuleStack::start(
+        abi,
+        &format!(
+            "version: v1\nroutes:\n  - route: private\n    policies:\n      - name: jwt-validation\n        version: 1.0.0\n        timeoutMs: 5000\n        params: {{issuer: \"{}\", audiences: [{}], jwksUrl: \"{}\", cache: {{minRefreshIntervalSeconds: 0, fetchTimeoutMs: 5000}}}}\n",
+            jwt::ISSUER,
+            jwt::AUDIENCE,
+            server.url
+        ),
+    );
+    let bearer = |key: &str, kid: &str| {
+        format!(
+            "Bearer {}",
+            jwt::token(key, kid, &jwt::claims(serde_json::json!({"sub": "bob"})))
+        )
+    };
+    let rsa = bearer("rsa", "rsa-1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stack
+        .send(Request::get("/private/x").header("authorization", &rsa))
+        .status
+        != 200
+    {
+        assert!(Instant::now() < deadline, "the first fetch never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A new key behind a slow endpoint: the request that needs it waits on the module's
+    // runtime while the client goes away.
+    *server.set.lock().expect("set") =
+        serde_json::json!({"keys": [jwt::jwk("rsa", "rsa-1"), jwt::jwk("ec", "ec-1")]});
+    server
+        .delay_ms
+        .store(1000, std::sync::atomic::Ordering::SeqCst);
+    let fetches = server.fetches();
+    let ec = bearer("ec", "ec-1");
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", stack.port)).expect("connect");
+    write!(
+        client,
+        "GET /private/x HTTP/1.1\r\nhost: test\r\nauthorization: {ec}\r\n\r\n"
+    )
+    .expect("send");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.fetches() == fetches {
+        assert!(Instant::now() < deadline, "the refresh never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(client);
+    stack.wait_for_log("a running chain's decision", Duration::from_secs(10));
+
+    // The fetch ends on the runtime and wakes a stream Envoy has forgotten: nothing breaks, and
+    // the key it fetched serves the next request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = stack.send(Request::get("/private/x").header("authorization", &ec));
+        if reply.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Envoy stopped serving after the abandoned stream: {} {}",
+            reply.status,
+            reply.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn generated(routes: usize, generation: u32) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/gen-routes.sh");
+    let out = std::process::Command::new(script)
+        .args([routes.to_string(), generation.to_string()])
+        .output()
+        .expect("run scripts/gen-routes.sh");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+fn reloads_under_load_fail_no_request(abi: Abi) {
+    let stack = ModuleStack::start(abi, &generated(0, 1));
+    let traffic = Traffic::start(stack.port, "/public/tick", 4);
+    traffic.wait_for_config("1");
+    // 1,000 routes in, then every one of their entries changed, while requests flow.
+    stack.write_config(&generated(1000, 2));
+    traffic.wait_for_config("2");
+    stack.write_config(&generated(1000, 3));
+    traffic.wait_for_config("3");
+    traffic.wait_for(50);
+    let results = traffic.stop();
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(status, _)| *status != 200)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during reloads: {:?}",
+        failed.len(),
+        results.len(),
+        &failed[..failed.len().min(5)]
+    );
 }
