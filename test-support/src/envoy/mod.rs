@@ -2,6 +2,7 @@
 //! free loopback ports, stopped when the [`Stack`] drops.
 
 pub mod control_plane;
+pub mod host;
 pub mod http;
 pub mod module;
 pub mod traffic;
