@@ -38,6 +38,32 @@ pub trait Envoy {
     fn resume(&self, side: Side);
     /// A way to wake this stream from another thread.
     fn scheduler(&self) -> Box<dyn Scheduler>;
+    /// Adds `by` to Envoy counter `id` (from [`DefineStats::counter`]) for `labels`' values.
+    fn increment(&self, id: usize, labels: &[&str], by: u64);
+    /// Records `value` in Envoy histogram `id` (from [`DefineStats::histogram`]).
+    fn record(&self, id: usize, labels: &[&str], value: u64);
+}
+
+/// Envoy's stats of one filter configuration, defined while Envoy creates it (Envoy allows no
+/// new stats afterwards). `None`: Envoy refused the stat; it is then not recorded.
+pub trait DefineStats {
+    /// A counter with these label names.
+    fn counter(&self, name: &str, labels: &[&str]) -> Option<usize>;
+    /// A histogram with these label names.
+    fn histogram(&self, name: &str, labels: &[&str]) -> Option<usize>;
+}
+
+/// No Envoy stats (tests, or a host without them).
+#[derive(Debug)]
+pub struct NoStats;
+
+impl DefineStats for NoStats {
+    fn counter(&self, _: &str, _: &[&str]) -> Option<usize> {
+        None
+    }
+    fn histogram(&self, _: &str, _: &[&str]) -> Option<usize> {
+        None
+    }
 }
 
 /// Wakes one stream from any thread: Envoy then calls `on_scheduled` on the stream's worker

@@ -1,6 +1,7 @@
 //! One filter configuration: its settings, the snapshot its streams run against (swapped whole
 //! on reload), and the file watcher that reloads it.
 
+use crate::envoy::DefineStats;
 use crate::settings::{RouteKey, Settings, SettingsError, Source};
 use arc_swap::ArcSwap;
 use policy_core::metrics::{RouteMetrics, UNKNOWN_ROUTE};
@@ -32,15 +33,42 @@ pub struct Host {
     route_key: RouteKey,
     max_body_bytes: usize,
     unknown_route: Arc<RouteMetrics>,
+    stats: EnvoyStats,
+}
+
+/// The ids of the Envoy stats the module records (see docs/envoy-module.md).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnvoyStats {
+    /// `policy_requests{route, phase, outcome, status}`: how each chain phase ended.
+    pub requests: Option<usize>,
+    /// `policy_refusals{route, reason}`: the module's own refusals.
+    pub refusals: Option<usize>,
+    /// `policy_chain_duration_us{route, phase}`: a chain phase's run time.
+    pub duration: Option<usize>,
+}
+
+impl EnvoyStats {
+    fn define(stats: &dyn DefineStats) -> EnvoyStats {
+        EnvoyStats {
+            requests: stats.counter("policy_requests", &["route", "phase", "outcome", "status"]),
+            refusals: stats.counter("policy_refusals", &["route", "reason"]),
+            duration: stats.histogram("policy_chain_duration_us", &["route", "phase"]),
+        }
+    }
 }
 
 impl Host {
-    /// Builds the configuration Envoy's `filter_config` describes; with `configFile`, starts a
-    /// thread that reloads it while the configuration lives.
+    /// Builds the configuration Envoy's `filter_config` describes, defining its Envoy stats
+    /// through `stats`; with `configFile`, starts a thread that reloads it while the
+    /// configuration lives.
     ///
     /// # Errors
     /// Wrong settings, or a route configuration the core rejects (every problem in one error).
-    pub fn new(registry: Arc<Registry>, filter_config: &str) -> Result<Arc<Host>, HostError> {
+    pub fn new(
+        registry: Arc<Registry>,
+        filter_config: &str,
+        stats: &dyn DefineStats,
+    ) -> Result<Arc<Host>, HostError> {
         let settings = Settings::parse(filter_config)?;
         let snapshot = match &settings.source {
             Source::Inline(document) => {
@@ -56,6 +84,7 @@ impl Host {
             snapshot: ArcSwap::from_pointee(snapshot),
             route_key: settings.route_key,
             max_body_bytes: settings.max_body_bytes,
+            stats: EnvoyStats::define(stats),
         });
         if let Source::File { path, interval } = settings.source {
             let weak = Arc::downgrade(&host);
@@ -84,6 +113,11 @@ impl Host {
     /// The largest body a chain accepts.
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
+    }
+
+    /// The Envoy stats the filter records into.
+    pub fn stats(&self) -> EnvoyStats {
+        self.stats
     }
 
     /// The series of requests no configured route serves.

@@ -37,7 +37,8 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    fn label(self) -> &'static str {
+    /// The `outcome` label.
+    pub fn label(self) -> &'static str {
         match self {
             Verdict::Continue => "continue",
             Verdict::Immediate => "immediate",

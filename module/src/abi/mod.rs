@@ -21,7 +21,7 @@ mod v1_40;
 #[cfg(all(feature = "envoy-1-40", not(feature = "envoy-1-36")))]
 use v1_40 as version;
 
-use crate::envoy::Envoy;
+use crate::envoy::{DefineStats, Envoy};
 use crate::filter::{Filter, Flow};
 use crate::host::Host;
 use policy_core::Registry;
@@ -87,6 +87,20 @@ struct ModuleHeader {
     value: *const c_char,
     value_len: usize,
 }
+
+/// Label names or values as Envoy's `module_buffer` array (borrowing `labels`).
+fn label_buffers(labels: &[&str]) -> Vec<Buffer> {
+    labels
+        .iter()
+        .map(|l| Buffer {
+            ptr: l.as_ptr().cast(),
+            len: l.len(),
+        })
+        .collect()
+}
+
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+const METRICS_SUCCESS: u32 = 0;
 
 impl From<&(&str, &str)> for ModuleHeader {
     fn from((key, value): &(&str, &str)) -> Self {
@@ -174,8 +188,9 @@ fn body_status(flow: Flow) -> u32 {
     }
 }
 
-/// Builds a filter configuration from Envoy's `filter_config` bytes (null: refused).
-fn config_new(bytes: &[u8]) -> *const c_void {
+/// Builds a filter configuration from Envoy's `filter_config` bytes, defining its stats through
+/// `stats` (null: refused).
+fn config_new(bytes: &[u8], stats: &dyn DefineStats) -> *const c_void {
     guard("http_filter_config_new", std::ptr::null, || {
         let Some(registry) = registry() else {
             return std::ptr::null();
@@ -184,7 +199,7 @@ fn config_new(bytes: &[u8]) -> *const c_void {
             tracing::error!("the module's filter_config is not UTF-8: configuration refused");
             return std::ptr::null();
         };
-        match Host::new(Arc::clone(registry), text) {
+        match Host::new(Arc::clone(registry), text, stats) {
             Ok(host) => Arc::into_raw(host).cast(),
             Err(error) => {
                 tracing::error!(%error, "configuration refused: Envoy keeps the filter it had");

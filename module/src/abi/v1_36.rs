@@ -1,8 +1,8 @@
 //! Envoy 1.36's dynamic-module ABI (version string = the sha256 of that release's `abi.h`):
 //! the callbacks the filter uses, and the [`Envoy`] view over them.
 
-use super::{Buffer, EnvoyHeader, FilterPtr, ModuleHeader};
-use crate::envoy::{Envoy, Scheduler, Side};
+use super::{Buffer, EnvoyHeader, FilterPtr, METRICS_SUCCESS, ModuleHeader, label_buffers};
+use crate::envoy::{DefineStats, Envoy, Scheduler, Side};
 use std::ffi::{c_char, c_void};
 use std::marker::PhantomData;
 
@@ -107,6 +107,76 @@ unsafe extern "C" {
     fn envoy_dynamic_module_callback_http_filter_scheduler_new(f: FilterPtr) -> *mut c_void;
     fn envoy_dynamic_module_callback_http_filter_scheduler_commit(s: *mut c_void, event: u64);
     fn envoy_dynamic_module_callback_http_filter_scheduler_delete(s: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter_vec(
+        config: *mut c_void,
+        name: *const c_char,
+        name_len: usize,
+        labels: *const Buffer,
+        labels_len: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_histogram_vec(
+        config: *mut c_void,
+        name: *const c_char,
+        name_len: usize,
+        labels: *const Buffer,
+        labels_len: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter_vec(
+        f: FilterPtr,
+        id: usize,
+        labels: *const Buffer,
+        labels_len: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_record_histogram_value_vec(
+        f: FilterPtr,
+        id: usize,
+        labels: *const Buffer,
+        labels_len: usize,
+        value: u64,
+    ) -> u32;
+}
+
+/// Envoy's filter configuration while `config_new` runs: where stats are defined.
+pub(super) struct Definer(pub(super) *mut c_void);
+
+impl DefineStats for Definer {
+    fn counter(&self, name: &str, labels: &[&str]) -> Option<usize> {
+        let labels = label_buffers(labels);
+        let mut id = 0usize;
+        // SAFETY: the configuration Envoy is creating (valid during `config_new`); name and
+        // labels outlive the call, which copies them.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_counter_vec(
+                self.0,
+                name.as_ptr().cast(),
+                name.len(),
+                labels.as_ptr(),
+                labels.len(),
+                &raw mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+
+    fn histogram(&self, name: &str, labels: &[&str]) -> Option<usize> {
+        let labels = label_buffers(labels);
+        let mut id = 0usize;
+        // SAFETY: as in `counter`.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_histogram_vec(
+                self.0,
+                name.as_ptr().cast(),
+                name.len(),
+                labels.as_ptr(),
+                labels.len(),
+                &raw mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
 }
 
 /// Envoy's stream during one hook; `'hook` keeps it from outliving the call that got it.
@@ -336,9 +406,42 @@ impl Envoy for Stream<'_> {
         let ptr = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.ptr) };
         Box::new(EnvoyScheduler(ptr))
     }
+
+    fn increment(&self, id: usize, labels: &[&str], by: u64) {
+        self.stat(id, labels, by, false);
+    }
+
+    fn record(&self, id: usize, labels: &[&str], value: u64) {
+        self.stat(id, labels, value, true);
+    }
 }
 
 impl Stream<'_> {
+    fn stat(&self, id: usize, labels: &[&str], value: u64, histogram: bool) {
+        let labels = label_buffers(labels);
+        // SAFETY: the stream of the running hook; `id` was defined on its configuration; the
+        // label values outlive the call. A refused update is not worth failing a request for.
+        unsafe {
+            if histogram {
+                envoy_dynamic_module_callback_http_filter_record_histogram_value_vec(
+                    self.ptr,
+                    id,
+                    labels.as_ptr(),
+                    labels.len(),
+                    value,
+                );
+            } else {
+                envoy_dynamic_module_callback_http_filter_increment_counter_vec(
+                    self.ptr,
+                    id,
+                    labels.as_ptr(),
+                    labels.len(),
+                    value,
+                );
+            }
+        }
+    }
+
     fn attribute(&self, id: usize) -> Option<String> {
         let mut out: *const c_char = std::ptr::null();
         let mut len = 0usize;
@@ -385,11 +488,12 @@ impl Drop for EnvoyScheduler {
 /// The hooks whose shape is 1.36's own.
 mod hooks {
     use super::super::{Buffer, EnvoyHeader, FilterPtr, config_new};
+    use super::Definer;
     use std::ffi::{c_char, c_void};
 
     #[unsafe(no_mangle)]
     pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-        _config_envoy: *mut c_void,
+        config_envoy: *mut c_void,
         _name: *const c_char,
         _name_len: usize,
         config: *const c_char,
@@ -401,7 +505,7 @@ mod hooks {
             // SAFETY: Envoy passes `config_len` readable bytes, valid during this call.
             unsafe { std::slice::from_raw_parts(config.cast::<u8>(), config_len) }
         };
-        config_new(bytes)
+        config_new(bytes, &Definer(config_envoy))
     }
 
     /// Callouts are not used; the hook must exist for Envoy to accept the module.

@@ -1,8 +1,8 @@
 //! Envoy 1.40's dynamic-module ABI (version `v0.2.0`): the callbacks the filter uses, the
 //! [`Envoy`] view over them, and the hooks whose shape is 1.40's own.
 
-use super::{Buffer, EnvoyHeader, FilterPtr, ModuleHeader};
-use crate::envoy::{Envoy, Scheduler, Side};
+use super::{Buffer, EnvoyHeader, FilterPtr, METRICS_SUCCESS, ModuleHeader, label_buffers};
+use crate::envoy::{DefineStats, Envoy, Scheduler, Side};
 use std::ffi::c_void;
 use std::marker::PhantomData;
 
@@ -88,6 +88,72 @@ unsafe extern "C" {
     fn envoy_dynamic_module_callback_http_filter_scheduler_new(f: FilterPtr) -> *mut c_void;
     fn envoy_dynamic_module_callback_http_filter_scheduler_commit(s: *mut c_void, event: u64);
     fn envoy_dynamic_module_callback_http_filter_scheduler_delete(s: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: *mut c_void,
+        name: Buffer,
+        labels: *const Buffer,
+        labels_len: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_histogram(
+        config: *mut c_void,
+        name: Buffer,
+        labels: *const Buffer,
+        labels_len: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        f: FilterPtr,
+        id: usize,
+        labels: *const Buffer,
+        labels_len: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
+        f: FilterPtr,
+        id: usize,
+        labels: *const Buffer,
+        labels_len: usize,
+        value: u64,
+    ) -> u32;
+}
+
+/// Envoy's filter configuration while `config_new` runs: where stats are defined.
+pub(super) struct Definer(pub(super) *mut c_void);
+
+impl DefineStats for Definer {
+    fn counter(&self, name: &str, labels: &[&str]) -> Option<usize> {
+        let labels = label_buffers(labels);
+        let mut id = 0usize;
+        // SAFETY: the configuration Envoy is creating (valid during `config_new`); name and
+        // labels outlive the call, which copies them.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_counter(
+                self.0,
+                buffer(name.as_bytes()),
+                labels.as_ptr(),
+                labels.len(),
+                &raw mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+
+    fn histogram(&self, name: &str, labels: &[&str]) -> Option<usize> {
+        let labels = label_buffers(labels);
+        let mut id = 0usize;
+        // SAFETY: as in `counter`.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_histogram(
+                self.0,
+                buffer(name.as_bytes()),
+                labels.as_ptr(),
+                labels.len(),
+                &raw mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
 }
 
 /// A module-owned `{ptr, len}` for a call that copies it.
@@ -149,6 +215,31 @@ impl Stream<'_> {
     fn size(&self, kind: u32) -> usize {
         // SAFETY: the stream of the running hook.
         unsafe { envoy_dynamic_module_callback_http_get_body_size(self.ptr, kind) }
+    }
+
+    fn stat(&self, id: usize, labels: &[&str], value: u64, histogram: bool) {
+        let labels = label_buffers(labels);
+        // SAFETY: the stream of the running hook; `id` was defined on its configuration; the
+        // label values outlive the call. A refused update is not worth failing a request for.
+        unsafe {
+            if histogram {
+                envoy_dynamic_module_callback_http_filter_record_histogram_value(
+                    self.ptr,
+                    id,
+                    labels.as_ptr(),
+                    labels.len(),
+                    value,
+                );
+            } else {
+                envoy_dynamic_module_callback_http_filter_increment_counter(
+                    self.ptr,
+                    id,
+                    labels.as_ptr(),
+                    labels.len(),
+                    value,
+                );
+            }
+        }
     }
 
     fn attribute(&self, id: u32) -> Option<String> {
@@ -303,6 +394,14 @@ impl Envoy for Stream<'_> {
         let ptr = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.ptr) };
         Box::new(EnvoyScheduler(ptr))
     }
+
+    fn increment(&self, id: usize, labels: &[&str], by: u64) {
+        self.stat(id, labels, by, false);
+    }
+
+    fn record(&self, id: usize, labels: &[&str], value: u64) {
+        self.stat(id, labels, value, true);
+    }
 }
 
 /// Envoy's scheduler of one stream.
@@ -331,15 +430,16 @@ impl Drop for EnvoyScheduler {
 /// the hooks to exist.
 mod hooks {
     use super::super::{Buffer, EnvoyHeader, FilterPtr, config_new};
+    use super::Definer;
     use std::ffi::c_void;
 
     #[unsafe(no_mangle)]
     pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-        _config_envoy: *mut c_void,
+        config_envoy: *mut c_void,
         _name: Buffer,
         config: Buffer,
     ) -> *const c_void {
-        config_new(config.bytes())
+        config_new(config.bytes(), &Definer(config_envoy))
     }
 
     #[unsafe(no_mangle)]

@@ -81,6 +81,8 @@ enum Stage {
 
 struct State {
     stage: Stage,
+    /// When the running chain phase started (for its duration stat).
+    started: Option<std::time::Instant>,
     route: String,
     request_id: String,
     metrics: Arc<RouteMetrics>,
@@ -106,6 +108,7 @@ impl Filter {
         Filter {
             state: RefCell::new(State {
                 stage: Stage::Start,
+                started: None,
                 route: String::new(),
                 request_id: String::new(),
                 metrics: Arc::clone(host.unknown_route()),
@@ -398,6 +401,7 @@ impl Filter {
     /// Runs a chain: at once when every policy is ready, else on the runtime while Envoy holds
     /// the stream.
     fn run(&self, envoy: &impl Envoy, run: Run<Finished>) -> Flow {
+        self.state.borrow_mut().started = Some(std::time::Instant::now());
         match runtime::poll_once(run) {
             Ok(finished) => self.settle(envoy, finished),
             Err(run) => {
@@ -439,7 +443,7 @@ impl Filter {
                         ),
                     );
                 }
-                self.conclude(Verdict::Continue, 0);
+                self.conclude(envoy, Verdict::Continue, 0);
                 let edit = Edit::of_request(&ctx);
                 if needs.response_headers {
                     let (mut request, metadata) = ctx.into_parts();
@@ -474,7 +478,7 @@ impl Filter {
                         ),
                     );
                 }
-                self.conclude(Verdict::Continue, 0);
+                self.conclude(envoy, Verdict::Continue, 0);
                 apply(envoy, Side::Response, Edit::of_response(&ctx));
                 Flow::Continue
             }
@@ -490,10 +494,26 @@ impl Filter {
         }
     }
 
-    /// Counts how the current phase ended; on an explained route logs the trace and returns it.
-    fn conclude(&self, verdict: Verdict, status: u16) -> Option<String> {
+    /// Counts how the current phase ended (in the module's metrics and Envoy's stats); on an
+    /// explained route logs the trace and returns it.
+    fn conclude(&self, envoy: &impl Envoy, verdict: Verdict, status: u16) -> Option<String> {
         let mut state = self.state.borrow_mut();
         state.metrics.record(state.phase, verdict, status);
+        let stats = self.host.stats();
+        let phase = state.phase.as_str();
+        if let Some(id) = stats.requests {
+            // Envoy's stat names cannot hold an empty label value: `none` when forwarded.
+            let status = if status == 0 {
+                "none".to_owned()
+            } else {
+                status.to_string()
+            };
+            envoy.increment(id, &[&state.route, phase, verdict.label(), &status], 1);
+        }
+        if let (Some(id), Some(started)) = (stats.duration, state.started.take()) {
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            envoy.record(id, &[&state.route, phase], micros);
+        }
         let trace = state.trace.as_mut().map(std::mem::take)?.render();
         tracing::info!(route = %state.route, request_id = %state.request_id, phase = state.phase.as_str(), outcome = ?verdict, status, trace = %trace, "explain");
         Some(trace)
@@ -504,6 +524,9 @@ impl Filter {
         let response = {
             let state = self.state.borrow();
             state.metrics.refused(failure.refusal());
+            if let Some(id) = self.host.stats().refusals {
+                envoy.increment(id, &[&state.route, failure.refusal().label()], 1);
+            }
             rescue(failure, &state.route, &state.request_id)
         };
         self.end_with(envoy, Verdict::Error, response)
@@ -512,7 +535,7 @@ impl Filter {
     /// Ends the stream with `response` to the client, counted as `verdict`.
     fn end_with(&self, envoy: &impl Envoy, verdict: Verdict, response: ImmediateResponse) -> Flow {
         self.put_stage(Stage::Done);
-        let response = match self.conclude(verdict, response.status()) {
+        let response = match self.conclude(envoy, verdict, response.status()) {
             Some(trace) => response.with_header(EXPLAIN_HEADER, trace),
             None => response,
         };

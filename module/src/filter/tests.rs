@@ -19,6 +19,24 @@ struct FakeEnvoy {
     resumed: RefCell<Vec<Side>>,
     rerouted: RefCell<bool>,
     woken: Option<mpsc::Sender<u64>>,
+    /// `(stat id, label values, amount)` in the order recorded (a duration counts as 1).
+    stats: RefCell<Vec<(usize, Vec<String>, u64)>>,
+}
+
+/// Stat ids by name: counters 1 and 2, the histogram 3.
+struct TestStats;
+
+impl crate::envoy::DefineStats for TestStats {
+    fn counter(&self, name: &str, _: &[&str]) -> Option<usize> {
+        match name {
+            "policy_requests" => Some(1),
+            "policy_refusals" => Some(2),
+            _ => None,
+        }
+    }
+    fn histogram(&self, _: &str, _: &[&str]) -> Option<usize> {
+        Some(3)
+    }
 }
 
 impl FakeEnvoy {
@@ -108,6 +126,14 @@ impl Envoy for FakeEnvoy {
     fn resume(&self, side: Side) {
         self.resumed.borrow_mut().push(side);
     }
+    fn increment(&self, id: usize, labels: &[&str], by: u64) {
+        let labels = labels.iter().map(|l| (*l).to_owned()).collect();
+        self.stats.borrow_mut().push((id, labels, by));
+    }
+    fn record(&self, id: usize, labels: &[&str], value: u64) {
+        let labels = labels.iter().map(|l| (*l).to_owned()).collect();
+        self.stats.borrow_mut().push((id, labels, value.min(1)));
+    }
     fn scheduler(&self) -> Box<dyn Scheduler> {
         Box::new(FakeScheduler(
             self.woken.clone().expect("a test that expects a wait"),
@@ -117,7 +143,7 @@ impl Envoy for FakeEnvoy {
 
 fn host(routes: &str) -> Arc<Host> {
     let registry = Arc::new(policy_test_support::policies::registry());
-    Host::new(registry, routes).unwrap_or_else(|e| panic!("{e}"))
+    Host::new(registry, routes, &TestStats).unwrap_or_else(|e| panic!("{e}"))
 }
 
 const GET: [(&str, &str); 3] = [(":method", "GET"), (":path", "/a"), ("x-request-id", "r1")];

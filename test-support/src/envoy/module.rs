@@ -174,6 +174,14 @@ impl ModuleStack {
         wait_for_text(|| self.logs(), needle, timeout, "Envoy")
     }
 
+    /// Envoy's admin `path` (e.g. `/stats?filter=policy_`), as text.
+    pub fn envoy_admin(&self, path: &str) -> String {
+        Request::get(path)
+            .send(self.admin_port)
+            .expect("query Envoy's admin")
+            .text()
+    }
+
     /// The value of Envoy counter `name`.
     pub fn envoy_counter(&self, name: &str) -> u64 {
         envoy_counter(self.admin_port, name)

@@ -44,6 +44,7 @@ on_both_envoys!(
     a_changed_file_is_reloaded_and_an_invalid_one_keeps_the_running_chains,
     a_jwks_fetch_that_ends_after_the_client_left_harms_nothing,
     reloads_under_load_fail_no_request,
+    chains_are_counted_in_envoy_stats,
 );
 
 fn headers_change_both_ways_and_unknown_routes_are_denied(abi: Abi) {
@@ -368,4 +369,33 @@ fn reloads_under_load_fail_no_request(abi: Abi) {
         results.len(),
         &failed[..failed.len().min(5)]
     );
+}
+
+fn chains_are_counted_in_envoy_stats(abi: Abi) {
+    let stack = ModuleStack::start(
+        abi,
+        "version: v1\nroutes:\n  - route: public\n    policies:\n      - {name: set-header, version: 1.0.0, params: {request: {set: {x-a: \"1\"}}}}\n",
+    );
+    for _ in 0..2 {
+        assert_eq!(stack.send(Request::get("/public/x")).status, 200);
+    }
+    assert_eq!(stack.send(Request::get("/elsewhere")).status, 403);
+    let stats = stack.envoy_admin("/stats?filter=policy_");
+    for line in [
+        "dynamicmodulescustom.policy_requests.route.public.phase.request.outcome.continue.status.none: 2",
+        "dynamicmodulescustom.policy_requests.route.other.phase.request.outcome.error.status.403: 1",
+        "dynamicmodulescustom.policy_refusals.route.other.reason.unknown_route: 1",
+    ] {
+        assert!(stats.lines().any(|l| l == line), "{line} in:\n{stats}");
+    }
+    // Histograms reach the admin API at Envoy's next stats flush; the series exists at once.
+    assert!(
+        stats.contains("dynamicmodulescustom.policy_chain_duration_us.route.public.phase.request"),
+        "{stats}"
+    );
+    let prometheus = stack.envoy_admin("/stats/prometheus");
+    let series =
+        r#"policy_requests{route="public",phase="request",outcome="continue",status="none"} 2"#;
+    // 1.36 names it `policy_requests`, 1.40 `envoy_dynamicmodulescustom_policy_requests`.
+    assert!(prometheus.lines().any(|l| l.ends_with(series)), "{prometheus}");
 }
