@@ -225,7 +225,7 @@ mod hooks {
     #[unsafe(no_mangle)]
     pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
         guard("program_init", std::ptr::null, || {
-            crate::logging::init();
+            crate::logging::init(version::log);
             let Some(registry) = registry() else {
                 tracing::error!("the policy module's registry could not be built: not loading");
                 return std::ptr::null();

@@ -107,6 +107,7 @@ unsafe extern "C" {
     fn envoy_dynamic_module_callback_http_filter_scheduler_new(f: FilterPtr) -> *mut c_void;
     fn envoy_dynamic_module_callback_http_filter_scheduler_commit(s: *mut c_void, event: u64);
     fn envoy_dynamic_module_callback_http_filter_scheduler_delete(s: *mut c_void);
+    fn envoy_dynamic_module_callback_log(level: u32, message: *const c_char, len: usize);
     fn envoy_dynamic_module_callback_http_filter_config_define_counter_vec(
         config: *mut c_void,
         name: *const c_char,
@@ -460,6 +461,25 @@ impl Stream<'_> {
         // SAFETY: Envoy returned `len` readable bytes at `out`, copied at once.
         let bytes = unsafe { std::slice::from_raw_parts(out.cast::<u8>(), len) };
         Some(String::from_utf8_lossy(bytes).into_owned())
+    }
+}
+
+/// Writes `line` to Envoy's log (component `dynamic_modules`) at `level`.
+pub(super) fn log(level: tracing::Level, line: &str) {
+    // SAFETY: Envoy's logger is usable from any thread; `line` outlives the call, which copies it.
+    unsafe {
+        envoy_dynamic_module_callback_log(envoy_level(level), line.as_ptr().cast(), line.len());
+    }
+}
+
+/// Envoy's severity for `level` (`envoy_dynamic_module_type_log_level`: trace 0 .. error 4).
+fn envoy_level(level: tracing::Level) -> u32 {
+    match level {
+        tracing::Level::TRACE => 0,
+        tracing::Level::DEBUG => 1,
+        tracing::Level::INFO => 2,
+        tracing::Level::WARN => 3,
+        tracing::Level::ERROR => 4,
     }
 }
 

@@ -88,6 +88,7 @@ unsafe extern "C" {
     fn envoy_dynamic_module_callback_http_filter_scheduler_new(f: FilterPtr) -> *mut c_void;
     fn envoy_dynamic_module_callback_http_filter_scheduler_commit(s: *mut c_void, event: u64);
     fn envoy_dynamic_module_callback_http_filter_scheduler_delete(s: *mut c_void);
+    fn envoy_dynamic_module_callback_log(level: u32, message: Buffer);
     fn envoy_dynamic_module_callback_http_filter_config_define_counter(
         config: *mut c_void,
         name: Buffer,
@@ -401,6 +402,25 @@ impl Envoy for Stream<'_> {
 
     fn record(&self, id: usize, labels: &[&str], value: u64) {
         self.stat(id, labels, value, true);
+    }
+}
+
+/// Writes `line` to Envoy's log (component `dynamic_modules`) at `level`.
+pub(super) fn log(level: tracing::Level, line: &str) {
+    // SAFETY: Envoy's logger is usable from any thread; `line` outlives the call, which copies it.
+    unsafe {
+        envoy_dynamic_module_callback_log(envoy_level(level), buffer(line.as_bytes()));
+    }
+}
+
+/// Envoy's severity for `level` (`envoy_dynamic_module_type_log_level`: trace 0 .. error 4).
+fn envoy_level(level: tracing::Level) -> u32 {
+    match level {
+        tracing::Level::TRACE => 0,
+        tracing::Level::DEBUG => 1,
+        tracing::Level::INFO => 2,
+        tracing::Level::WARN => 3,
+        tracing::Level::ERROR => 4,
     }
 }
 

@@ -436,17 +436,18 @@ fn spawn_engine(engine: &Path, scratch: &Scratch, extra: &[&str]) -> Spawned {
 }
 
 fn start_envoy(scratch: &Scratch, admin_port: u16) -> Process {
-    start_envoy_with(&envoy_bin(), scratch, admin_port, &[]).unwrap_or_else(|log| {
+    start_envoy_with(&envoy_bin(), scratch, admin_port, &[], &[]).unwrap_or_else(|log| {
         panic!("Envoy did not become ready; its log:\n{log}");
     })
 }
 
-/// Starts `bin` with the scratch's `envoy.yaml` and `env`; waits until it is ready. Its log when
-/// it exits or never gets ready.
+/// Starts `bin` with the scratch's `envoy.yaml`, `args` and `env`; waits until it is ready. Its
+/// log when it exits or never gets ready.
 pub(crate) fn start_envoy_with(
     bin: &Path,
     scratch: &Scratch,
     admin_port: u16,
+    args: &[&str],
     env: &[(&str, &Path)],
 ) -> Result<Process, String> {
     let log = std::fs::File::create(scratch.path("envoy.log")).expect("create the Envoy log");
@@ -460,6 +461,7 @@ pub(crate) fn start_envoy_with(
             "--log-level",
             "warning",
         ])
+        .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)

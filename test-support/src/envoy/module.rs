@@ -135,10 +135,12 @@ impl ModuleStack {
         );
         let bootstrap = envoy_config(port, admin_port, upstream.port, None, &filter, "");
         std::fs::write(scratch.path("envoy.yaml"), bootstrap).expect("write the bootstrap");
+        // The module logs through Envoy's logger: its info lines, Envoy's warnings.
         let envoy = start_envoy_with(
             &abi.envoy(),
             &scratch,
             admin_port,
+            &["--component-log-level", "dynamic_modules:info"],
             &[("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", dir)],
         )?;
         Ok(ModuleStack {

@@ -397,5 +397,8 @@ fn chains_are_counted_in_envoy_stats(abi: Abi) {
     let series =
         r#"policy_requests{route="public",phase="request",outcome="continue",status="none"} 2"#;
     // 1.36 names it `policy_requests`, 1.40 `envoy_dynamicmodulescustom_policy_requests`.
-    assert!(prometheus.lines().any(|l| l.ends_with(series)), "{prometheus}");
+    assert!(
+        prometheus.lines().any(|l| l.ends_with(series)),
+        "{prometheus}"
+    );
 }
