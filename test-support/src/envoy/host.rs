@@ -23,10 +23,16 @@ pub trait Host {
     fn upstream(&self) -> &Upstream;
     /// Replaces the route configuration file (the host reloads it within ~100 ms).
     fn write_config(&self, config: &str);
+    /// Replaces the route configuration file and waits until the host serves it.
+    fn apply_config(&self, config: &str, timeout: Duration);
     /// The value of Envoy's counter `name`.
     fn envoy_counter(&self, name: &str) -> u64;
     /// What the policies' host logged so far (the engine's log, or Envoy's with the module's).
     fn logs(&self) -> String;
+    /// The ext_proc stack, for what only the engine has (its admin API and `/metrics`).
+    fn engine(&self) -> Option<&Stack> {
+        None
+    }
     /// Waits until the host's log contains `needle`; panics with the log after `timeout`.
     fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
         wait_for_text(|| self.logs(), needle, timeout, "the host")
@@ -43,11 +49,17 @@ impl Host for Stack {
     fn write_config(&self, config: &str) {
         Stack::write_config(self, config);
     }
+    fn apply_config(&self, config: &str, timeout: Duration) {
+        Stack::apply_config(self, config, timeout);
+    }
     fn envoy_counter(&self, name: &str) -> u64 {
         Stack::envoy_counter(self, name)
     }
     fn logs(&self) -> String {
         self.engine_logs()
+    }
+    fn engine(&self) -> Option<&Stack> {
+        Some(self)
     }
 }
 
@@ -60,6 +72,9 @@ impl Host for ModuleStack {
     }
     fn write_config(&self, config: &str) {
         ModuleStack::write_config(self, config);
+    }
+    fn apply_config(&self, config: &str, timeout: Duration) {
+        ModuleStack::apply_config(self, config, timeout);
     }
     fn envoy_counter(&self, name: &str) -> u64 {
         ModuleStack::envoy_counter(self, name)

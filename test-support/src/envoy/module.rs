@@ -166,6 +166,32 @@ impl ModuleStack {
         std::fs::rename(&staged, self.scratch.path("routes.yaml")).expect("swap the config");
     }
 
+    /// Replaces the route configuration file and waits until the module has loaded it (one more
+    /// `configuration loaded` line); panics when it rejects it or does not load it in `timeout`.
+    pub fn apply_config(&self, config: &str, timeout: Duration) {
+        let count = |needle: &str| self.logs().matches(needle).count();
+        let (loaded, rejected) = (
+            count("configuration loaded"),
+            count("configuration rejected"),
+        );
+        self.write_config(config);
+        let deadline = std::time::Instant::now() + timeout;
+        while count("configuration loaded") == loaded {
+            assert_eq!(
+                count("configuration rejected"),
+                rejected,
+                "the module rejected the configuration; Envoy's log:\n{}",
+                self.logs()
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the module never loaded the new configuration; Envoy's log:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything Envoy (and so the module) logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(self.scratch.path("envoy.log")).unwrap_or_default()

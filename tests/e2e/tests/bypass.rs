@@ -12,8 +12,13 @@ use policy_test_support::jwt;
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
+use support::host::Kind;
 use support::http::read_message;
 use support::{EnvoyOptions, Request, Stack};
+
+// The fail-closed paths that are not about ext_proc's own protocol, on every host; the tests
+// below are the engine's (processing modes, message limits, its metrics endpoint).
+policy_test_support::on_every_host!(condition_errors_follow_on_condition_error);
 
 /// The engine's body limit in these tests; bodies are sent at 3x and 20x of it (20x is past
 /// the gRPC decode limit, `limit + 1 MiB`).
@@ -355,9 +360,8 @@ routes:
     assert_eq!(seen.header("x-added").as_deref(), Some("on"));
 }
 
-#[test]
-fn condition_errors_follow_on_condition_error() {
-    let stack = Stack::start(
+fn condition_errors_follow_on_condition_error(kind: Kind) {
+    let stack = kind.start(
         r#"version: v1
 routes:
   - route: private
@@ -395,10 +399,14 @@ routes:
     // With the header the condition decides.
     let reply = stack.send(Request::get("/cel/x").header("x-tenant", "acme"));
     assert_eq!(reply.status, 401);
-    for route in ["private", "cel", "public"] {
+    // The engine's own counter (the module does not export per-policy series yet).
+    for (route, engine) in ["private", "cel", "public"]
+        .into_iter()
+        .filter_map(|route| Some((route, stack.engine()?)))
+    {
         assert_eq!(
             metric(
-                &stack,
+                engine,
                 &format!(
                     "policy_engine_condition_errors_total{{route=\"{route}\",policy=\"require-header:1.0.0\"}}"
                 )
