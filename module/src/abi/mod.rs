@@ -140,8 +140,39 @@ fn registry() -> Option<&'static Arc<Registry>> {
         .as_ref()
 }
 
+std::thread_local! {
+    /// Whether this thread is inside a call from Envoy (a hook): only then may it call Envoy.
+    static IN_ENVOY_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the current thread as inside a call from Envoy until dropped.
+struct EnvoyCall(bool);
+
+impl EnvoyCall {
+    fn enter() -> EnvoyCall {
+        EnvoyCall(IN_ENVOY_CALL.replace(true))
+    }
+}
+
+impl Drop for EnvoyCall {
+    fn drop(&mut self) {
+        IN_ENVOY_CALL.set(self.0);
+    }
+}
+
+/// The module's log sink: Envoy's logger from inside a hook; from the module's own threads (its
+/// runtime, the reload thread), which must not call Envoy, standard error.
+fn log(level: tracing::Level, line: &str) {
+    if IN_ENVOY_CALL.get() {
+        version::log(level, line);
+    } else {
+        eprintln!("[policy-module][{level}] {line}");
+    }
+}
+
 /// Runs a hook body; a panic is logged and answered with `fallback`.
 fn guard<T>(hook: &'static str, fallback: impl FnOnce() -> T, body: impl FnOnce() -> T) -> T {
+    let _call = EnvoyCall::enter();
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(value) => value,
         Err(_) => {
@@ -225,7 +256,7 @@ mod hooks {
     #[unsafe(no_mangle)]
     pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
         guard("program_init", std::ptr::null, || {
-            crate::logging::init(version::log);
+            crate::logging::init(log);
             let Some(registry) = registry() else {
                 tracing::error!("the policy module's registry could not be built: not loading");
                 return std::ptr::null();

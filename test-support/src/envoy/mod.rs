@@ -192,12 +192,12 @@ impl Stack {
             metrics_port: engine_metrics_port,
         } = spawn_engine(engine, &scratch, engine_args);
         let engine_pid = engine.0.id();
-        let admin_port = free_port();
-        let port = free_port();
-        let bootstrap = bootstrap(port, admin_port, &engine_address, upstream.port, envoy);
         let engine_address_announced = engine_address.clone();
-        std::fs::write(scratch.path("envoy.yaml"), bootstrap).expect("write the bootstrap");
-        let envoy = start_envoy(&scratch, admin_port);
+        let (envoy, port, admin_port) =
+            launch_envoy(&envoy_bin(), &scratch, &[], &[], |port, admin_port| {
+                bootstrap(port, admin_port, &engine_address, upstream.port, envoy)
+            })
+            .unwrap_or_else(|log| panic!("Envoy did not become ready; its log:\n{log}"));
         Stack {
             upstream,
             port,
@@ -435,10 +435,27 @@ fn spawn_engine(engine: &Path, scratch: &Scratch, extra: &[&str]) -> Spawned {
     }
 }
 
-fn start_envoy(scratch: &Scratch, admin_port: u16) -> Process {
-    start_envoy_with(&envoy_bin(), scratch, admin_port, &[], &[]).unwrap_or_else(|log| {
-        panic!("Envoy did not become ready; its log:\n{log}");
-    })
+/// Starts Envoy (`bin`, `args`, `env`) with the configuration `config(port, admin_port)` makes
+/// for free loopback ports; the process and its ports, or its log. Another process may take a
+/// free port before Envoy binds it: then it tries again with new ports.
+pub(crate) fn launch_envoy(
+    bin: &Path,
+    scratch: &Scratch,
+    args: &[&str],
+    env: &[(&str, &Path)],
+    config: impl Fn(u16, u16) -> String,
+) -> Result<(Process, u16, u16), String> {
+    let mut attempts = 0;
+    loop {
+        let (port, admin_port) = (free_port(), free_port());
+        std::fs::write(scratch.path("envoy.yaml"), config(port, admin_port))
+            .expect("write the bootstrap");
+        match start_envoy_with(bin, scratch, admin_port, args, env) {
+            Ok(process) => return Ok((process, port, admin_port)),
+            Err(log) if attempts < 4 && log.contains("Address already in use") => attempts += 1,
+            Err(log) => return Err(log),
+        }
+    }
 }
 
 /// Starts `bin` with the scratch's `envoy.yaml`, `args` and `env`; waits until it is ready. Its

@@ -3,8 +3,8 @@
 //! `scripts/build-dev-module.sh`), its route configuration in a file it reloads.
 
 use super::{
-    Process, Reply, Request, Scratch, Upstream, envoy_bin, envoy_config, envoy_counter, free_port,
-    start_envoy_with, wait_for_text,
+    Process, Reply, Request, Scratch, Upstream, envoy_bin, envoy_config, envoy_counter,
+    launch_envoy, wait_for_text,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -119,8 +119,6 @@ impl ModuleStack {
             .and_then(|s| s.strip_prefix("lib"))
             .expect("a module named lib<name>.so");
         let upstream = Upstream::start();
-        let port = free_port();
-        let admin_port = free_port();
         let config = serde_json::to_string(filter_config).expect("a JSON string");
         let filter = format!(
             r#"          - name: envoy.filters.http.dynamic_modules
@@ -133,15 +131,13 @@ impl ModuleStack {
                 value: {config}
 "#
         );
-        let bootstrap = envoy_config(port, admin_port, upstream.port, None, &filter, "");
-        std::fs::write(scratch.path("envoy.yaml"), bootstrap).expect("write the bootstrap");
         // The module logs through Envoy's logger: its info lines, Envoy's warnings.
-        let envoy = start_envoy_with(
+        let (envoy, port, admin_port) = launch_envoy(
             &abi.envoy(),
             &scratch,
-            admin_port,
             &["--component-log-level", "dynamic_modules:info"],
             &[("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", dir)],
+            |port, admin_port| envoy_config(port, admin_port, upstream.port, None, &filter, ""),
         )?;
         Ok(ModuleStack {
             upstream,

@@ -9,10 +9,14 @@
 use policy_test_support::envoy as support;
 
 use std::time::Duration;
+use support::host::Kind;
 use support::{Request, Stack};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+
+// The explain trace on every host; the rest is the engine's own operations.
+policy_test_support::on_every_host!(the_explain_trace_says_why_a_request_was_denied);
 
 /// SHA-256 of "s3cret-key-1".
 const KEY_HASH: &str = "471ab1409a49f9f41dc83fe9480422b9df19e8ef3d096b8f034deae1d01b45be";
@@ -202,9 +206,8 @@ fn metrics_count_known_traffic_by_route_outcome_and_policy() {
     assert!(info.ends_with(" 1"), "{info}");
 }
 
-#[test]
-fn the_explain_trace_says_why_a_request_was_denied() {
-    let stack = Stack::start(&config());
+fn the_explain_trace_says_why_a_request_was_denied(kind: Kind) {
+    let stack = kind.start(&config());
     let denied = stack.send(Request::get("/private/a"));
     assert_eq!(denied.status, 401);
     assert_eq!(
