@@ -45,14 +45,21 @@ pub struct EnvoyStats {
     pub refusals: Option<usize>,
     /// `policy_chain_duration_us{route, phase}`: a chain phase's run time.
     pub duration: Option<usize>,
+    /// `policy_runs{policy, result}`: each policy version's runs (`run`, `failed`, `panicked`,
+    /// `skipped`), every route together.
+    pub policies: Option<usize>,
+    /// How often a policy's counts are added to `policies` (at most; with its next run).
+    pub policy_interval: std::time::Duration,
 }
 
 impl EnvoyStats {
-    fn define(stats: &dyn DefineStats) -> EnvoyStats {
+    fn define(stats: &dyn DefineStats, policy_interval: std::time::Duration) -> EnvoyStats {
         EnvoyStats {
             requests: stats.counter("policy_requests", &["route", "phase", "outcome", "status"]),
             refusals: stats.counter("policy_refusals", &["route", "reason"]),
             duration: stats.histogram("policy_chain_duration_us", &["route", "phase"]),
+            policies: stats.counter("policy_runs", &["policy", "result"]),
+            policy_interval,
         }
     }
 }
@@ -84,7 +91,7 @@ impl Host {
             snapshot: ArcSwap::from_pointee(snapshot),
             route_key: settings.route_key,
             max_body_bytes: settings.max_body_bytes,
-            stats: EnvoyStats::define(stats),
+            stats: EnvoyStats::define(stats, settings.policy_stats_interval),
         });
         if let Source::File { path, interval } = settings.source {
             let weak = Arc::downgrade(&host);

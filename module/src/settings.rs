@@ -10,6 +10,7 @@
 //! routeKey: attribute:xds.route_name    # or header:<name> (only a header Envoy sets itself)
 //! maxBodyBytes: 1048576                 # the largest body a chain accepts (413 / 502 past it)
 //! reloadIntervalMs: 1000                # how often configFile is checked for changes
+//! policyStatsIntervalMs: 1000           # how often per-policy counts go to Envoy's stats
 //! ```
 
 use serde_json::Value;
@@ -17,12 +18,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// The keys that make the filter configuration settings rather than a route document.
-const SETTINGS_KEYS: [&str; 5] = [
+const SETTINGS_KEYS: [&str; 6] = [
     "config",
     "configFile",
     "routeKey",
     "maxBodyBytes",
     "reloadIntervalMs",
+    "policyStatsIntervalMs",
 ];
 
 /// Where the route key comes from.
@@ -52,6 +54,8 @@ pub struct Settings {
     pub route_key: RouteKey,
     /// The largest request or response body a chain accepts.
     pub max_body_bytes: usize,
+    /// How often a policy's counts are added to Envoy's stats (at most; with its next run).
+    pub policy_stats_interval: Duration,
 }
 
 /// Why a filter configuration was refused (Envoy then refuses the listener update).
@@ -73,7 +77,7 @@ pub enum SettingsError {
     NoSource,
     /// A key the settings form does not have.
     #[error(
-        "the module's filter_config has an unknown settings key `{0}` (known: config, configFile, routeKey, maxBodyBytes, reloadIntervalMs)"
+        "the module's filter_config has an unknown settings key `{0}` (known: config, configFile, routeKey, maxBodyBytes, reloadIntervalMs, policyStatsIntervalMs)"
     )]
     UnknownKey(String),
 }
@@ -130,10 +134,16 @@ impl Settings {
             "maxBodyBytes",
             DEFAULT_MAX_BODY as u64,
         )?;
+        let stats = match map.get("policyStatsIntervalMs") {
+            // 0 is allowed here: every run goes to Envoy at once.
+            Some(Value::Number(n)) if n.as_u64() == Some(0) => 0,
+            other => number(other, "policyStatsIntervalMs", 1000)?,
+        };
         Ok(Settings {
             source,
             route_key,
             max_body_bytes: usize::try_from(max).unwrap_or(usize::MAX),
+            policy_stats_interval: Duration::from_millis(stats),
         })
     }
 
@@ -142,6 +152,7 @@ impl Settings {
             source: Source::Inline(document),
             route_key: RouteKey::RouteName,
             max_body_bytes: DEFAULT_MAX_BODY,
+            policy_stats_interval: Duration::from_secs(1),
         }
     }
 }

@@ -49,6 +49,11 @@ impl<P: ?Sized> Step<P> {
         &self.key
     }
 
+    /// The policy version's counters (shared by every route that runs it).
+    pub fn metrics(&self) -> &Arc<PolicyMetrics> {
+        &self.metrics
+    }
+
     /// The position in the route's `policies` list.
     pub fn position(&self) -> usize {
         self.position

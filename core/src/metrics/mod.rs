@@ -239,6 +239,32 @@ pub struct PolicyMetrics {
     panics: AtomicU64,
     skipped: AtomicU64,
     duration: Histogram,
+    /// What [`PolicyMetrics::unexported`] handed out so far, in the order of [`PolicyCounts`].
+    exported: [AtomicU64; 4],
+    /// When it last did, in milliseconds since the process's first call (0: never).
+    exported_at: AtomicU64,
+}
+
+/// A policy's counts since a host last exported them elsewhere (Envoy's stats).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyCounts {
+    /// Runs.
+    pub executions: u64,
+    /// Failed runs.
+    pub failures: u64,
+    /// Panics (also failed runs).
+    pub panics: u64,
+    /// Runs skipped by the condition.
+    pub skipped: u64,
+}
+
+/// Milliseconds since the first call in this process (at least 1).
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl PolicyMetrics {
@@ -259,6 +285,32 @@ impl PolicyMetrics {
     /// Records a run skipped by its condition.
     pub fn skipped(&self) {
         self.skipped.fetch_add(1, Relaxed);
+    }
+
+    /// The counts not handed out yet, at most once per `every` (`None` in between, or while
+    /// another thread takes them): a host exporting them elsewhere adds each delta once, so the
+    /// sum there equals the counts here.
+    pub fn unexported(&self, every: Duration) -> Option<PolicyCounts> {
+        let now = clock_ms();
+        let last = self.exported_at.load(Relaxed);
+        let every = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        if last != 0 && now.saturating_sub(last) < every {
+            return None;
+        }
+        self.exported_at
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .ok()?;
+        let take = |count: &AtomicU64, exported: &AtomicU64| {
+            let current = count.load(Relaxed);
+            current.saturating_sub(exported.swap(current, Relaxed))
+        };
+        let [executions, failures, panics, skipped] = &self.exported;
+        Some(PolicyCounts {
+            executions: take(&self.executions, executions),
+            failures: take(&self.failures, failures),
+            panics: take(&self.panics, panics),
+            skipped: take(&self.skipped, skipped),
+        })
     }
 }
 
@@ -363,6 +415,32 @@ impl Drop for StreamGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unexported_counts_are_handed_out_once_and_not_more_often_than_asked() {
+        let policy = PolicyMetrics::default();
+        policy.ran(Duration::from_millis(1), false);
+        policy.ran(Duration::from_millis(1), true);
+        policy.skipped();
+        let first = policy.unexported(Duration::ZERO).expect("the first export");
+        assert_eq!(
+            first,
+            PolicyCounts {
+                executions: 2,
+                failures: 1,
+                panics: 0,
+                skipped: 1
+            }
+        );
+        policy.ran(Duration::from_millis(1), false);
+        assert_eq!(
+            policy.unexported(Duration::from_secs(3600)),
+            None,
+            "too soon"
+        );
+        let next = policy.unexported(Duration::ZERO).expect("due");
+        assert_eq!((next.executions, next.failures, next.skipped), (1, 0, 0));
+    }
 
     #[test]
     fn counters_and_histograms_render_as_prometheus_text() {

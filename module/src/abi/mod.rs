@@ -21,7 +21,7 @@ mod v1_40;
 #[cfg(all(feature = "envoy-1-40", not(feature = "envoy-1-36")))]
 use v1_40 as version;
 
-use crate::envoy::{DefineStats, Envoy};
+use crate::envoy::{DefineStats, Envoy, Scheduler, Side};
 use crate::filter::{Filter, Flow};
 use crate::host::Host;
 use policy_core::Registry;
@@ -110,6 +110,63 @@ impl From<&(&str, &str)> for ModuleHeader {
             value: value.as_ptr().cast(),
             value_len: value.len(),
         }
+    }
+}
+
+// SAFETY: callbacks whose C signature is the same in every supported Envoy ABI
+// (../shared/envoy-dynamic-modules.md §2b'): resolved against the Envoy executable at load.
+unsafe extern "C" {
+    fn envoy_dynamic_module_callback_http_clear_route_cache(f: FilterPtr);
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(f: FilterPtr);
+    fn envoy_dynamic_module_callback_http_filter_continue_encoding(f: FilterPtr);
+    fn envoy_dynamic_module_callback_http_filter_scheduler_new(f: FilterPtr) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(s: *mut c_void, event: u64);
+    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(s: *mut c_void);
+}
+
+/// Makes the router choose the route of the stream `f` again.
+fn clear_route_cache(f: FilterPtr) {
+    // SAFETY: `f` is the stream of the running hook (callers hold it only during one).
+    unsafe { envoy_dynamic_module_callback_http_clear_route_cache(f) };
+}
+
+/// Resumes the stream `f`, stopped in a `side` hook.
+fn resume(f: FilterPtr, side: Side) {
+    // SAFETY: `f` is the stream of the running hook (`on_scheduled`, on its worker thread).
+    unsafe {
+        match side {
+            Side::Request => envoy_dynamic_module_callback_http_filter_continue_decoding(f),
+            Side::Response => envoy_dynamic_module_callback_http_filter_continue_encoding(f),
+        }
+    }
+}
+
+/// A scheduler for the stream `f`.
+fn scheduler(f: FilterPtr) -> Box<dyn Scheduler> {
+    // SAFETY: called on the stream's worker thread, inside a hook, as the ABI requires.
+    let ptr = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(f) };
+    Box::new(EnvoyScheduler(ptr))
+}
+
+/// Envoy's scheduler of one stream.
+struct EnvoyScheduler(*mut c_void);
+
+// SAFETY: Envoy documents `scheduler_commit` and `scheduler_delete` as callable from any thread
+// (the event is posted to the stream's dispatcher through a weak reference); the pointer is
+// used by one owner at a time, never concurrently.
+unsafe impl Send for EnvoyScheduler {}
+
+impl Scheduler for EnvoyScheduler {
+    fn commit(&self, event: u64) {
+        // SAFETY: a scheduler Envoy made, not yet deleted (deleted only in `drop`).
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, event) };
+    }
+}
+
+impl Drop for EnvoyScheduler {
+    fn drop(&mut self) {
+        // SAFETY: deleted once, after the last commit of its only owner.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) };
     }
 }
 
@@ -317,22 +374,34 @@ mod hooks {
         );
     }
 
+    /// Runs a request or response hook of the stream `envoy`, whose filter is `module`.
+    fn on_stream(
+        hook: &'static str,
+        envoy: FilterPtr,
+        module: *const c_void,
+        body: impl FnOnce(&Filter, &version::Stream<'_>) -> u32,
+    ) -> u32 {
+        let stream = version::Stream::new(envoy);
+        guard(
+            hook,
+            || refuse(&stream),
+            || {
+                // SAFETY: Envoy passes the pointer of this stream's filter.
+                let filter = unsafe { filter(module) };
+                body(filter, &stream)
+            },
+        )
+    }
+
     #[unsafe(no_mangle)]
     pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         envoy: FilterPtr,
         module: *const c_void,
         end_of_stream: bool,
     ) -> u32 {
-        let stream = version::Stream::new(envoy);
-        guard(
-            "request_headers",
-            || refuse(&stream),
-            || {
-                // SAFETY: Envoy passes the pointer of this stream's filter.
-                let filter = unsafe { filter(module) };
-                headers_status(filter.on_request_headers(&stream, end_of_stream))
-            },
-        )
+        on_stream("request_headers", envoy, module, |filter, stream| {
+            headers_status(filter.on_request_headers(stream, end_of_stream))
+        })
     }
 
     #[unsafe(no_mangle)]
@@ -341,16 +410,9 @@ mod hooks {
         module: *const c_void,
         end_of_stream: bool,
     ) -> u32 {
-        let stream = version::Stream::new(envoy);
-        guard(
-            "request_body",
-            || refuse(&stream),
-            || {
-                // SAFETY: as in `request_headers`.
-                let filter = unsafe { filter(module) };
-                body_status(filter.on_request_body(&stream, end_of_stream))
-            },
-        )
+        on_stream("request_body", envoy, module, |filter, stream| {
+            body_status(filter.on_request_body(stream, end_of_stream))
+        })
     }
 
     #[unsafe(no_mangle)]
@@ -358,16 +420,9 @@ mod hooks {
         envoy: FilterPtr,
         module: *const c_void,
     ) -> u32 {
-        let stream = version::Stream::new(envoy);
-        guard(
-            "request_trailers",
-            || refuse(&stream),
-            || {
-                // SAFETY: as in `request_headers`.
-                let filter = unsafe { filter(module) };
-                headers_status(filter.on_request_trailers(&stream))
-            },
-        )
+        on_stream("request_trailers", envoy, module, |filter, stream| {
+            headers_status(filter.on_request_trailers(stream))
+        })
     }
 
     #[unsafe(no_mangle)]
@@ -376,16 +431,9 @@ mod hooks {
         module: *const c_void,
         end_of_stream: bool,
     ) -> u32 {
-        let stream = version::Stream::new(envoy);
-        guard(
-            "response_headers",
-            || refuse(&stream),
-            || {
-                // SAFETY: as in `request_headers`.
-                let filter = unsafe { filter(module) };
-                headers_status(filter.on_response_headers(&stream, end_of_stream))
-            },
-        )
+        on_stream("response_headers", envoy, module, |filter, stream| {
+            headers_status(filter.on_response_headers(stream, end_of_stream))
+        })
     }
 
     #[unsafe(no_mangle)]
@@ -394,16 +442,9 @@ mod hooks {
         module: *const c_void,
         end_of_stream: bool,
     ) -> u32 {
-        let stream = version::Stream::new(envoy);
-        guard(
-            "response_body",
-            || refuse(&stream),
-            || {
-                // SAFETY: as in `request_headers`.
-                let filter = unsafe { filter(module) };
-                body_status(filter.on_response_body(&stream, end_of_stream))
-            },
-        )
+        on_stream("response_body", envoy, module, |filter, stream| {
+            body_status(filter.on_response_body(stream, end_of_stream))
+        })
     }
 
     #[unsafe(no_mangle)]
@@ -411,16 +452,9 @@ mod hooks {
         envoy: FilterPtr,
         module: *const c_void,
     ) -> u32 {
-        let stream = version::Stream::new(envoy);
-        guard(
-            "response_trailers",
-            || refuse(&stream),
-            || {
-                // SAFETY: as in `request_headers`.
-                let filter = unsafe { filter(module) };
-                headers_status(filter.on_response_trailers(&stream))
-            },
-        )
+        on_stream("response_trailers", envoy, module, |filter, stream| {
+            headers_status(filter.on_response_trailers(stream))
+        })
     }
 
     #[unsafe(no_mangle)]
@@ -432,7 +466,7 @@ mod hooks {
             "stream_complete",
             || (),
             || {
-                // SAFETY: as in `request_headers`.
+                // SAFETY: Envoy passes the pointer of this stream's filter.
                 unsafe { filter(module) }.on_stream_complete();
             },
         );
@@ -451,7 +485,7 @@ mod hooks {
                 refuse(&stream);
             },
             || {
-                // SAFETY: as in `request_headers`.
+                // SAFETY: Envoy passes the pointer of this stream's filter.
                 unsafe { filter(module) }.on_scheduled(&stream);
             },
         );

@@ -101,12 +101,6 @@ unsafe extern "C" {
         out: *mut *const c_char,
         out_len: *mut usize,
     ) -> bool;
-    fn envoy_dynamic_module_callback_http_clear_route_cache(f: FilterPtr);
-    fn envoy_dynamic_module_callback_http_filter_continue_decoding(f: FilterPtr);
-    fn envoy_dynamic_module_callback_http_filter_continue_encoding(f: FilterPtr);
-    fn envoy_dynamic_module_callback_http_filter_scheduler_new(f: FilterPtr) -> *mut c_void;
-    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(s: *mut c_void, event: u64);
-    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(s: *mut c_void);
     fn envoy_dynamic_module_callback_log(level: u32, message: *const c_char, len: usize);
     fn envoy_dynamic_module_callback_http_filter_config_define_counter_vec(
         config: *mut c_void,
@@ -226,6 +220,34 @@ impl Stream<'_> {
         }
     }
 
+    /// Envoy's views of the body it holds for `side` (the buffered body, else the part just
+    /// received), valid until the hook returns or the body changes.
+    fn chunks(&self, side: Side) -> Vec<Buffer> {
+        let (size, get) = match side {
+            Side::Request => (
+                envoy_dynamic_module_callback_http_get_request_body_vector_size
+                    as unsafe extern "C" fn(FilterPtr, *mut usize) -> bool,
+                envoy_dynamic_module_callback_http_get_request_body_vector
+                    as unsafe extern "C" fn(FilterPtr, *mut Buffer) -> bool,
+            ),
+            Side::Response => (
+                envoy_dynamic_module_callback_http_get_response_body_vector_size as _,
+                envoy_dynamic_module_callback_http_get_response_body_vector as _,
+            ),
+        };
+        let mut n = 0usize;
+        // SAFETY: the stream of the running hook; `n` is a valid out-parameter.
+        if !unsafe { size(self.ptr, &raw mut n) } || n == 0 {
+            return Vec::new();
+        }
+        let mut chunks = vec![Buffer::default(); n];
+        // SAFETY: `chunks` has room for the `n` slices Envoy fills.
+        if !unsafe { get(self.ptr, chunks.as_mut_ptr()) } {
+            return Vec::new();
+        }
+        chunks
+    }
+
     fn set(&self, side: Side, name: &str, value: Option<&[u8]>) {
         let set = match side {
             Side::Request => envoy_dynamic_module_callback_http_set_request_header,
@@ -282,30 +304,8 @@ impl Envoy for Stream<'_> {
     }
 
     fn body(&self, side: Side) -> Vec<u8> {
-        let (size, get) = match side {
-            Side::Request => (
-                envoy_dynamic_module_callback_http_get_request_body_vector_size
-                    as unsafe extern "C" fn(FilterPtr, *mut usize) -> bool,
-                envoy_dynamic_module_callback_http_get_request_body_vector
-                    as unsafe extern "C" fn(FilterPtr, *mut Buffer) -> bool,
-            ),
-            Side::Response => (
-                envoy_dynamic_module_callback_http_get_response_body_vector_size as _,
-                envoy_dynamic_module_callback_http_get_response_body_vector as _,
-            ),
-        };
-        let mut n = 0usize;
-        // SAFETY: the stream of the running hook; `n` is a valid out-parameter.
-        if !unsafe { size(self.ptr, &raw mut n) } || n == 0 {
-            return Vec::new();
-        }
-        let mut chunks = vec![Buffer::default(); n];
-        // SAFETY: `chunks` has room for the `n` slices Envoy fills.
-        if !unsafe { get(self.ptr, chunks.as_mut_ptr()) } {
-            return Vec::new();
-        }
         let mut body = Vec::new();
-        for chunk in &chunks {
+        for chunk in self.chunks(side) {
             body.extend_from_slice(chunk.bytes());
         }
         body
@@ -313,29 +313,7 @@ impl Envoy for Stream<'_> {
 
     fn body_len(&self, side: Side) -> usize {
         // 1.36 has no size call: the chunks' lengths, without copying them.
-        let (size, get) = match side {
-            Side::Request => (
-                envoy_dynamic_module_callback_http_get_request_body_vector_size
-                    as unsafe extern "C" fn(FilterPtr, *mut usize) -> bool,
-                envoy_dynamic_module_callback_http_get_request_body_vector
-                    as unsafe extern "C" fn(FilterPtr, *mut Buffer) -> bool,
-            ),
-            Side::Response => (
-                envoy_dynamic_module_callback_http_get_response_body_vector_size as _,
-                envoy_dynamic_module_callback_http_get_response_body_vector as _,
-            ),
-        };
-        let mut n = 0usize;
-        // SAFETY: as in `body`.
-        if !unsafe { size(self.ptr, &raw mut n) } || n == 0 {
-            return 0;
-        }
-        let mut chunks = vec![Buffer::default(); n];
-        // SAFETY: as in `body`.
-        if !unsafe { get(self.ptr, chunks.as_mut_ptr()) } {
-            return 0;
-        }
-        chunks.iter().map(|c| c.len).sum()
+        self.chunks(side).iter().map(|c| c.len).sum()
     }
 
     fn replace_body(&self, side: Side, body: &[u8]) {
@@ -384,28 +362,15 @@ impl Envoy for Stream<'_> {
     }
 
     fn clear_route_cache(&self) {
-        // SAFETY: the stream of the running hook.
-        unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.ptr) };
+        super::clear_route_cache(self.ptr);
     }
 
     fn resume(&self, side: Side) {
-        // SAFETY: the stream of the running hook (`on_scheduled`, on its worker thread).
-        unsafe {
-            match side {
-                Side::Request => {
-                    envoy_dynamic_module_callback_http_filter_continue_decoding(self.ptr)
-                }
-                Side::Response => {
-                    envoy_dynamic_module_callback_http_filter_continue_encoding(self.ptr);
-                }
-            }
-        }
+        super::resume(self.ptr, side);
     }
 
     fn scheduler(&self) -> Box<dyn Scheduler> {
-        // SAFETY: called on the stream's worker thread, inside a hook, as the ABI requires.
-        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.ptr) };
-        Box::new(EnvoyScheduler(ptr))
+        super::scheduler(self.ptr)
     }
 
     fn increment(&self, id: usize, labels: &[&str], by: u64) {
@@ -480,28 +445,6 @@ fn envoy_level(level: tracing::Level) -> u32 {
         tracing::Level::INFO => 2,
         tracing::Level::WARN => 3,
         tracing::Level::ERROR => 4,
-    }
-}
-
-/// Envoy's scheduler of one stream.
-struct EnvoyScheduler(*mut c_void);
-
-// SAFETY: Envoy documents `scheduler_commit` and `scheduler_delete` as callable from any thread
-// (the event is posted to the stream's dispatcher through a weak reference); the pointer is
-// used by one owner at a time, never concurrently.
-unsafe impl Send for EnvoyScheduler {}
-
-impl Scheduler for EnvoyScheduler {
-    fn commit(&self, event: u64) {
-        // SAFETY: a scheduler Envoy made, not yet deleted (deleted only in `drop`).
-        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, event) };
-    }
-}
-
-impl Drop for EnvoyScheduler {
-    fn drop(&mut self) {
-        // SAFETY: deleted once, after the last commit of its only owner.
-        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) };
     }
 }
 

@@ -82,12 +82,6 @@ unsafe extern "C" {
         id: u32,
         out: *mut Buffer,
     ) -> bool;
-    fn envoy_dynamic_module_callback_http_clear_route_cache(f: FilterPtr);
-    fn envoy_dynamic_module_callback_http_filter_continue_decoding(f: FilterPtr);
-    fn envoy_dynamic_module_callback_http_filter_continue_encoding(f: FilterPtr);
-    fn envoy_dynamic_module_callback_http_filter_scheduler_new(f: FilterPtr) -> *mut c_void;
-    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(s: *mut c_void, event: u64);
-    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(s: *mut c_void);
     fn envoy_dynamic_module_callback_log(level: u32, message: Buffer);
     fn envoy_dynamic_module_callback_http_filter_config_define_counter(
         config: *mut c_void,
@@ -372,28 +366,15 @@ impl Envoy for Stream<'_> {
     }
 
     fn clear_route_cache(&self) {
-        // SAFETY: the stream of the running hook.
-        unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.ptr) };
+        super::clear_route_cache(self.ptr);
     }
 
     fn resume(&self, side: Side) {
-        // SAFETY: the stream of the running hook (`on_scheduled`, on its worker thread).
-        unsafe {
-            match side {
-                Side::Request => {
-                    envoy_dynamic_module_callback_http_filter_continue_decoding(self.ptr)
-                }
-                Side::Response => {
-                    envoy_dynamic_module_callback_http_filter_continue_encoding(self.ptr);
-                }
-            }
-        }
+        super::resume(self.ptr, side);
     }
 
     fn scheduler(&self) -> Box<dyn Scheduler> {
-        // SAFETY: called on the stream's worker thread, inside a hook, as the ABI requires.
-        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.ptr) };
-        Box::new(EnvoyScheduler(ptr))
+        super::scheduler(self.ptr)
     }
 
     fn increment(&self, id: usize, labels: &[&str], by: u64) {
@@ -421,28 +402,6 @@ fn envoy_level(level: tracing::Level) -> u32 {
         tracing::Level::INFO => 2,
         tracing::Level::WARN => 3,
         tracing::Level::ERROR => 4,
-    }
-}
-
-/// Envoy's scheduler of one stream.
-struct EnvoyScheduler(*mut c_void);
-
-// SAFETY: Envoy documents `scheduler_commit` and `scheduler_delete` as callable from any thread
-// (the event is posted to the stream's dispatcher through a weak reference); the pointer is
-// used by one owner at a time, never concurrently.
-unsafe impl Send for EnvoyScheduler {}
-
-impl Scheduler for EnvoyScheduler {
-    fn commit(&self, event: u64) {
-        // SAFETY: a scheduler Envoy made, not yet deleted (deleted only in `drop`).
-        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, event) };
-    }
-}
-
-impl Drop for EnvoyScheduler {
-    fn drop(&mut self) {
-        // SAFETY: deleted once, after the last commit of its only owner.
-        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) };
     }
 }
 

@@ -12,7 +12,7 @@ use crate::host::Host;
 use crate::runtime::{self, Run};
 use crate::settings::RouteKey;
 use policy_core::chain::{Chain, Decision, Trace};
-use policy_core::metrics::{Phase, Refusal, RouteMetrics, Verdict};
+use policy_core::metrics::{Phase, PolicyMetrics, Refusal, RouteMetrics, Verdict};
 use policy_core::rescue::{Failure, rescue};
 use policy_core::{Edit, HeaderEdit, headers};
 use policy_sdk::{ImmediateResponse, Metadata, Request, RequestContext, Response, ResponseContext};
@@ -81,6 +81,8 @@ enum Stage {
 
 struct State {
     stage: Stage,
+    /// The route's chain, once found (for its policies' counts).
+    chain: Option<Arc<Chain>>,
     /// When the running chain phase started (for its duration stat).
     started: Option<std::time::Instant>,
     route: String,
@@ -108,6 +110,7 @@ impl Filter {
         Filter {
             state: RefCell::new(State {
                 stage: Stage::Start,
+                chain: None,
                 started: None,
                 route: String::new(),
                 request_id: String::new(),
@@ -160,6 +163,7 @@ impl Filter {
             let mut state = self.state.borrow_mut();
             state.metrics = Arc::clone(chain.metrics());
             state.trace = chain.explain().then(Trace::default);
+            state.chain = Some(Arc::clone(&chain));
         }
         let mut request = match request {
             Ok(r) => r,
@@ -513,6 +517,35 @@ impl Filter {
         if let (Some(id), Some(started)) = (stats.duration, state.started.take()) {
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             envoy.record(id, &[&state.route, phase], micros);
+        }
+        if let (Some(id), Some(chain)) = (stats.policies, &state.chain) {
+            let metrics: Vec<(&str, &Arc<PolicyMetrics>)> = match state.phase {
+                Phase::Request => chain
+                    .request_steps()
+                    .iter()
+                    .map(|s| (s.key(), s.metrics()))
+                    .collect(),
+                Phase::Response => chain
+                    .response_steps()
+                    .iter()
+                    .map(|s| (s.key(), s.metrics()))
+                    .collect(),
+            };
+            for (policy, counts) in metrics {
+                let Some(counts) = counts.unexported(stats.policy_interval) else {
+                    continue;
+                };
+                for (result, n) in [
+                    ("run", counts.executions),
+                    ("failed", counts.failures),
+                    ("panicked", counts.panics),
+                    ("skipped", counts.skipped),
+                ] {
+                    if n > 0 {
+                        envoy.increment(id, &[policy, result], n);
+                    }
+                }
+            }
         }
         let trace = state.trace.as_mut().map(std::mem::take)?.render();
         tracing::info!(route = %state.route, request_id = %state.request_id, phase = state.phase.as_str(), outcome = ?verdict, status, trace = %trace, "explain");

@@ -31,6 +31,7 @@ impl crate::envoy::DefineStats for TestStats {
         match name {
             "policy_requests" => Some(1),
             "policy_refusals" => Some(2),
+            "policy_runs" => Some(4),
             _ => None,
         }
     }

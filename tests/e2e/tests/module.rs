@@ -372,9 +372,10 @@ fn reloads_under_load_fail_no_request(abi: Abi) {
 }
 
 fn chains_are_counted_in_envoy_stats(abi: Abi) {
-    let stack = ModuleStack::start(
+    let stack = ModuleStack::start_on(
         abi,
         "version: v1\nroutes:\n  - route: public\n    policies:\n      - {name: set-header, version: 1.0.0, params: {request: {set: {x-a: \"1\"}}}}\n",
+        "policyStatsIntervalMs: 0",
     );
     for _ in 0..2 {
         assert_eq!(stack.send(Request::get("/public/x")).status, 200);
