@@ -116,14 +116,19 @@ unsafe extern "C" {
 /// Envoy's filter configuration while `config_new` runs: where stats are defined.
 pub(super) struct Definer(pub(super) *mut c_void);
 
-impl DefineStats for Definer {
-    fn counter(&self, name: &str, labels: &[&str]) -> Option<usize> {
+impl Definer {
+    fn define(&self, name: &str, labels: &[&str], histogram: bool) -> Option<usize> {
+        let define = if histogram {
+            envoy_dynamic_module_callback_http_filter_config_define_histogram
+        } else {
+            envoy_dynamic_module_callback_http_filter_config_define_counter
+        };
         let labels = label_buffers(labels);
         let mut id = 0usize;
         // SAFETY: the configuration Envoy is creating (valid during `config_new`); name and
         // labels outlive the call, which copies them.
         let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_define_counter(
+            define(
                 self.0,
                 buffer(name.as_bytes()),
                 labels.as_ptr(),
@@ -133,21 +138,15 @@ impl DefineStats for Definer {
         };
         (result == METRICS_SUCCESS).then_some(id)
     }
+}
+
+impl DefineStats for Definer {
+    fn counter(&self, name: &str, labels: &[&str]) -> Option<usize> {
+        self.define(name, labels, false)
+    }
 
     fn histogram(&self, name: &str, labels: &[&str]) -> Option<usize> {
-        let labels = label_buffers(labels);
-        let mut id = 0usize;
-        // SAFETY: as in `counter`.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_define_histogram(
-                self.0,
-                buffer(name.as_bytes()),
-                labels.as_ptr(),
-                labels.len(),
-                &raw mut id,
-            )
-        };
-        (result == METRICS_SUCCESS).then_some(id)
+        self.define(name, labels, true)
     }
 }
 
@@ -213,28 +212,15 @@ impl Stream<'_> {
     }
 
     fn stat(&self, id: usize, labels: &[&str], value: u64, histogram: bool) {
+        let update = if histogram {
+            envoy_dynamic_module_callback_http_filter_record_histogram_value
+        } else {
+            envoy_dynamic_module_callback_http_filter_increment_counter
+        };
         let labels = label_buffers(labels);
         // SAFETY: the stream of the running hook; `id` was defined on its configuration; the
         // label values outlive the call. A refused update is not worth failing a request for.
-        unsafe {
-            if histogram {
-                envoy_dynamic_module_callback_http_filter_record_histogram_value(
-                    self.ptr,
-                    id,
-                    labels.as_ptr(),
-                    labels.len(),
-                    value,
-                );
-            } else {
-                envoy_dynamic_module_callback_http_filter_increment_counter(
-                    self.ptr,
-                    id,
-                    labels.as_ptr(),
-                    labels.len(),
-                    value,
-                );
-            }
-        }
+        unsafe { update(self.ptr, id, labels.as_ptr(), labels.len(), value) };
     }
 
     fn attribute(&self, id: u32) -> Option<String> {
