@@ -102,6 +102,7 @@ EOF
 cp "$work/routes.yaml.base" "$work/routes.yaml"
 # The module's routes: the same chains, named after the module's listeners.
 sed -e 's/route: chain3$/route: module_chain3/' -e 's/route: empty$/route: module_empty/' \
+  -e 's/route: chain3_failsafe$/route: module_chain3_nostats/' \
   "$work/routes.yaml.base" >"$work/module-routes.yaml"
 "$engine" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --reload-interval-ms 100 \
   --config "$work/routes.yaml" --log-level warn >"$work/engine.out" 2>"$work/engine.err" &
@@ -131,7 +132,7 @@ ext_proc() { # CLUSTER [MODE]
               processing_mode: ${2:-$minimal_mode}
 EOF
 }
-module_filter() {
+module_filter() { # [EXTRA_SETTINGS]
   cat <<EOF
           - name: envoy.filters.http.dynamic_modules
             typed_config:
@@ -140,7 +141,7 @@ module_filter() {
               filter_name: policy
               filter_config:
                 "@type": type.googleapis.com/google.protobuf.StringValue
-                value: "configFile: $work/module-routes.yaml"
+                value: "configFile: $work/module-routes.yaml${1:-}"
 EOF
 }
 listener() { # NAME PORT [EXT_PROC_CLUSTER [MODE] | module]; the route is named like the listener
@@ -162,7 +163,7 @@ listener() { # NAME PORT [EXT_PROC_CLUSTER [MODE] | module]; the route is named 
           http_filters:
 EOF
   if [ "${3:-}" = module ]; then
-    module_filter
+    module_filter "${4:-}"
   elif [ -n "${3:-}" ]; then
     ext_proc "$3" "${4:-}"
   fi
@@ -194,7 +195,7 @@ EOF
 }
 admin_port="$(free_port)"
 declare -A port
-for name in plain noop empty chain3 chain3_failsafe module_empty module_chain3; do port[$name]="$(free_port)"; done
+for name in plain noop empty chain3 chain3_failsafe module_empty module_chain3 module_chain3_nostats; do port[$name]="$(free_port)"; done
 {
   echo "admin: {address: {socket_address: {address: 127.0.0.1, port_value: $admin_port}}}"
   echo "static_resources:"
@@ -206,6 +207,7 @@ for name in plain noop empty chain3 chain3_failsafe module_empty module_chain3; 
   listener chain3_failsafe "${port[chain3_failsafe]}" policy_engine "$failsafe_mode"
   listener module_empty "${port[module_empty]}" module
   listener module_chain3 "${port[module_chain3]}" module
+  listener module_chain3_nostats "${port[module_chain3_nostats]}" module '\nenvoyStats: false'
   echo "  clusters:"
   cluster upstream "$upstream_port"
   cluster noop "$noop_port" h2
@@ -258,6 +260,7 @@ for c in "$connections" 1; do
   run "Envoy + engine, 3-policy header chain, fail-safe mode" chain3_failsafe "$engine_pid" "$c"
   run "Envoy + module, empty chain" module_empty "" "$c"
   run "Envoy + module, 3-policy header chain" module_chain3 "" "$c"
+  run "Envoy + module, 3-policy header chain, no Envoy stats" module_chain3_nostats "" "$c"
 done
 
 # Reloads under load: the same chain with 5,000 more routes, then while they are re-applied.

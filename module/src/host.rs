@@ -91,7 +91,11 @@ impl Host {
             snapshot: ArcSwap::from_pointee(snapshot),
             route_key: settings.route_key,
             max_body_bytes: settings.max_body_bytes,
-            stats: EnvoyStats::define(stats, settings.policy_stats_interval),
+            stats: if settings.envoy_stats {
+                EnvoyStats::define(stats, settings.policy_stats_interval)
+            } else {
+                EnvoyStats::default()
+            },
         });
         if let Source::File { path, interval } = settings.source {
             let weak = Arc::downgrade(&host);

@@ -11,6 +11,7 @@
 //! maxBodyBytes: 1048576                 # the largest body a chain accepts (413 / 502 past it)
 //! reloadIntervalMs: 1000                # how often configFile is checked for changes
 //! policyStatsIntervalMs: 1000           # how often per-policy counts go to Envoy's stats
+//! envoyStats: true                      # false: no Envoy stats (the module keeps its counts)
 //! ```
 
 use serde_json::Value;
@@ -18,13 +19,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// The keys that make the filter configuration settings rather than a route document.
-const SETTINGS_KEYS: [&str; 6] = [
+const SETTINGS_KEYS: [&str; 7] = [
     "config",
     "configFile",
     "routeKey",
     "maxBodyBytes",
     "reloadIntervalMs",
     "policyStatsIntervalMs",
+    "envoyStats",
 ];
 
 /// Where the route key comes from.
@@ -56,6 +58,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// How often a policy's counts are added to Envoy's stats (at most; with its next run).
     pub policy_stats_interval: Duration,
+    /// Whether the module defines and records Envoy stats.
+    pub envoy_stats: bool,
 }
 
 /// Why a filter configuration was refused (Envoy then refuses the listener update).
@@ -77,7 +81,7 @@ pub enum SettingsError {
     NoSource,
     /// A key the settings form does not have.
     #[error(
-        "the module's filter_config has an unknown settings key `{0}` (known: config, configFile, routeKey, maxBodyBytes, reloadIntervalMs, policyStatsIntervalMs)"
+        "the module's filter_config has an unknown settings key `{0}` (known: config, configFile, routeKey, maxBodyBytes, reloadIntervalMs, policyStatsIntervalMs, envoyStats)"
     )]
     UnknownKey(String),
 }
@@ -139,11 +143,22 @@ impl Settings {
             Some(Value::Number(n)) if n.as_u64() == Some(0) => 0,
             other => number(other, "policyStatsIntervalMs", 1000)?,
         };
+        let envoy_stats = match map.get("envoyStats") {
+            None => true,
+            Some(Value::Bool(on)) => *on,
+            Some(_) => {
+                return Err(SettingsError::Field {
+                    field: "envoyStats",
+                    problem: "must be true or false".to_owned(),
+                });
+            }
+        };
         Ok(Settings {
             source,
             route_key,
             max_body_bytes: usize::try_from(max).unwrap_or(usize::MAX),
             policy_stats_interval: Duration::from_millis(stats),
+            envoy_stats,
         })
     }
 
@@ -153,6 +168,7 @@ impl Settings {
             route_key: RouteKey::RouteName,
             max_body_bytes: DEFAULT_MAX_BODY,
             policy_stats_interval: Duration::from_secs(1),
+            envoy_stats: true,
         }
     }
 }
@@ -206,9 +222,13 @@ mod tests {
     #[test]
     fn settings_name_a_file_and_tune_the_host() {
         let s = Settings::parse(
-            "configFile: /etc/r.yaml\nrouteKey: header:X-Route\nmaxBodyBytes: 10\nreloadIntervalMs: 50",
+            "configFile: /etc/r.yaml\nrouteKey: header:X-Route\nmaxBodyBytes: 10\nreloadIntervalMs: 50\npolicyStatsIntervalMs: 0\nenvoyStats: false",
         )
         .expect("valid");
+        assert_eq!(
+            (s.policy_stats_interval, s.envoy_stats),
+            (Duration::ZERO, false)
+        );
         assert_eq!(
             s.source,
             Source::File {
@@ -230,5 +250,6 @@ mod tests {
         assert!(err("config: {}\nmaxBodyBytes: -1").contains("maxBodyBytes"));
         assert!(err("config: {}\ncolour: red").contains("`colour`"));
         assert!(err("[unclosed").contains("not YAML"));
+        assert!(err("config: {}\nenvoyStats: maybe").contains("true or false"));
     }
 }
