@@ -69,6 +69,7 @@ pub fn compile(
     let owners = resolve(&manifest, policies, options).map_err(fail)?;
 
     let mut command = Command::new(cargo());
+    controlled(&mut command);
     command
         .args(["build", "--release", "--locked", "--message-format", "json"])
         .arg("--manifest-path")
@@ -205,6 +206,47 @@ fn resolve(
                 .map(|label| (package.id.clone(), label.clone()))
         })
         .collect())
+}
+
+/// `CARGO_*` variables that configure cargo itself (where it fetches from, how it prints, the
+/// user's build and profile settings) and so reach the child cargo; every other `CARGO_*`
+/// variable comes from an outer cargo (`cargo run -p policy-builder` sets the package's
+/// `CARGO_PKG_*`, `CARGO_MANIFEST_DIR`, ...) and is removed.
+const CARGO_CONFIG: [&str; 8] = [
+    "CARGO_HOME",
+    "CARGO_NET_",
+    "CARGO_HTTP_",
+    "CARGO_REGISTRIES_",
+    "CARGO_REGISTRY_",
+    "CARGO_TERM_",
+    "CARGO_BUILD_",
+    "CARGO_PROFILE_",
+];
+
+/// Gives the child cargo the caller's environment minus what would change the build scripts'
+/// view (and so the cache) without changing the build: an outer cargo's `CARGO_*` variables,
+/// and `SOURCE_DATE_EPOCH` (it dates `build-info.json`, nothing cargo compiles).
+fn controlled(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let outer_cargo =
+            key.starts_with("CARGO") && !CARGO_CONFIG.iter().any(|kept| key.starts_with(kept));
+        if outer_cargo || key == "SOURCE_DATE_EPOCH" || key == "RUSTC_WORKSPACE_WRAPPER" {
+            command.env_remove(key);
+        }
+    }
+}
+
+/// The variables from the caller's environment that shape the build (`RUSTFLAGS` and the like,
+/// and cargo's own build configuration), for the report: they are part of cargo's cache key.
+pub fn build_environment() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(key, _)| {
+            matches!(key.as_str(), "RUSTFLAGS" | "RUSTC" | "RUSTC_WRAPPER")
+                || key.starts_with("CARGO_BUILD_")
+                || key.starts_with("CARGO_PROFILE_")
+        })
+        .collect()
 }
 
 pub(crate) fn cargo() -> PathBuf {

@@ -323,15 +323,23 @@ fn build(job: &Job<'_>, host: Host, summary: &mut serde_json::Value) -> anyhow::
     }
 
     let target_dir = target_dir(common.target_dir.as_deref(), &common.out);
+    let environment = compile::build_environment();
+    let shown: Vec<String> = environment
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     progress.step(
         4,
         steps,
         Stage::Compilation,
         format_args!(
-            "cargo build --release (target dir {})",
-            target_dir.display()
+            "cargo build --release (target dir {}{}{})",
+            target_dir.display(),
+            if shown.is_empty() { "" } else { "; " },
+            shown.join(" ")
         ),
     );
+    summary["buildEnvironment"] = json!(environment);
     let options = compile::CargoOptions {
         target_dir,
         offline: common.offline,

@@ -269,3 +269,70 @@ fn the_sample_manifest_builds_as_a_module_that_envoy_1_36_runs() {
 fn the_sample_manifest_builds_as_engine_and_module_for_envoy_1_40() {
     module_serves_through_envoy("both", "1.40", e2e::module::Abi::V1_40);
 }
+
+/// What cargo compiled in a builder run with progress on stderr.
+fn compiled(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Compiling "))
+        .collect()
+}
+
+#[test]
+fn warm_builds_stay_warm_whatever_the_caller_set() {
+    let temp = Temp::new("warm");
+    let manifest = format!("{}/../policy-manifest.yaml", env!("CARGO_MANIFEST_DIR"));
+    let build = |out: &str, env: &[(&str, &str)]| {
+        let out = temp.path(out);
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_policy-builder"))
+            .args(["--manifest", &manifest, "--out"])
+            .arg(&out)
+            .arg("--target-dir")
+            .arg(support::target_dir())
+            .env_remove("CARGO_TARGET_DIR")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run policy-builder");
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "{stderr}");
+        (out, stderr)
+    };
+    // As `cargo run -p policy-builder` would call it: an outer cargo's variables, which build
+    // scripts can watch (this test process has its own set from nextest, too).
+    build(
+        "first",
+        &[
+            ("CARGO_PKG_NAME", "policy-builder"),
+            ("CARGO_MANIFEST_DIR", env!("CARGO_MANIFEST_DIR")),
+            ("CARGO_PRIMARY_PACKAGE", "1"),
+        ],
+    );
+    // The binary run directly, then with a new SOURCE_DATE_EPOCH: only the registry crate
+    // compiles (its path is new with every output directory).
+    for (name, epoch) in [("second", None), ("third", Some("1234567890"))] {
+        let mut env: Vec<(&str, &str)> = vec![
+            ("CARGO_PKG_NAME", ""),
+            ("CARGO_MANIFEST_DIR", "/nowhere"),
+            ("CARGO_PRIMARY_PACKAGE", ""),
+        ];
+        if let Some(epoch) = epoch {
+            env.push(("SOURCE_DATE_EPOCH", epoch));
+        }
+        let (out, stderr) = build(name, &env);
+        let compiled = compiled(&stderr);
+        assert!(
+            compiled.len() == 1 && compiled[0].starts_with("policy-engine "),
+            "{name}: only the registry crate compiles: {compiled:?}\n{stderr}"
+        );
+        if epoch.is_some() {
+            let info: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join("build-info.json")).expect("build-info"),
+            )
+            .expect("JSON");
+            assert_eq!(
+                info["builtAt"], "2009-02-13T23:31:30Z",
+                "the epoch dates the build"
+            );
+        }
+    }
+}
