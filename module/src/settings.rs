@@ -3,7 +3,10 @@
 //!
 //! ```yaml
 //! # inline: the same document as the engine's file mode
-//! routes: {api: {policies: [{name: set-header, version: 1.0.0, params: {name: x-a, value: "1"}}]}}
+//! version: v1
+//! routes:
+//!   - route: api
+//!     policies: [{name: set-header, version: 1.0.0, params: {request: {set: {x-a: "1"}}}}]
 //! ---
 //! # or settings (any of these keys makes it settings)
 //! configFile: /etc/policy/routes.yaml   # or `config:` with the document inline

@@ -8,11 +8,11 @@
 //! since Envoy may call back into the filter from inside a callback.
 
 use crate::envoy::{Envoy, Side};
-use crate::host::Host;
+use crate::host::{EnvoyStats, Host};
 use crate::runtime::{self, Run};
 use crate::settings::RouteKey;
-use policy_core::chain::{Chain, Decision, Trace};
-use policy_core::metrics::{Phase, PolicyMetrics, Refusal, RouteMetrics, Verdict};
+use policy_core::chain::{Chain, Decision, Step, Trace};
+use policy_core::metrics::{Phase, Refusal, RouteMetrics, UNKNOWN_ROUTE, Verdict};
 use policy_core::rescue::{Failure, rescue};
 use policy_core::{Edit, HeaderEdit, headers};
 use policy_sdk::{ImmediateResponse, Metadata, Request, RequestContext, Response, ResponseContext};
@@ -505,6 +505,7 @@ impl Filter {
         state.metrics.record(state.phase, verdict, status);
         let stats = self.host.stats();
         let phase = state.phase.as_str();
+        let route = stat_route(&state);
         if let Some(id) = stats.requests {
             // Envoy's stat names cannot hold an empty label value: `none` when forwarded.
             let status = if status == 0 {
@@ -512,41 +513,19 @@ impl Filter {
             } else {
                 status.to_string()
             };
-            envoy.increment(id, &[&state.route, phase, verdict.label(), &status], 1);
+            envoy.increment(id, &[route, phase, verdict.label(), &status], 1);
         }
-        if let (Some(id), Some(started)) = (stats.duration, state.started.take()) {
+        if let (Some(id), Some(started)) = (stats.duration, state.started) {
             let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            envoy.record(id, &[&state.route, phase], micros);
+            envoy.record(id, &[route, phase], micros);
         }
         if let (Some(id), Some(chain)) = (stats.policies, &state.chain) {
-            let metrics: Vec<(&str, &Arc<PolicyMetrics>)> = match state.phase {
-                Phase::Request => chain
-                    .request_steps()
-                    .iter()
-                    .map(|s| (s.key(), s.metrics()))
-                    .collect(),
-                Phase::Response => chain
-                    .response_steps()
-                    .iter()
-                    .map(|s| (s.key(), s.metrics()))
-                    .collect(),
-            };
-            for (policy, counts) in metrics {
-                let Some(counts) = counts.unexported(stats.policy_interval) else {
-                    continue;
-                };
-                for (result, n) in [
-                    ("run", counts.executions),
-                    ("failed", counts.failures),
-                    ("panicked", counts.panics),
-                    ("skipped", counts.skipped),
-                ] {
-                    if n > 0 {
-                        envoy.increment(id, &[policy, result], n);
-                    }
-                }
+            match state.phase {
+                Phase::Request => export_runs(envoy, id, chain.request_steps(), &stats),
+                Phase::Response => export_runs(envoy, id, chain.response_steps(), &stats),
             }
         }
+        state.started = None;
         let trace = state.trace.as_mut().map(std::mem::take)?.render();
         tracing::info!(route = %state.route, request_id = %state.request_id, phase = state.phase.as_str(), outcome = ?verdict, status, trace = %trace, "explain");
         Some(trace)
@@ -558,7 +537,7 @@ impl Filter {
             let state = self.state.borrow();
             state.metrics.refused(failure.refusal());
             if let Some(id) = self.host.stats().refusals {
-                envoy.increment(id, &[&state.route, failure.refusal().label()], 1);
+                envoy.increment(id, &[stat_route(&state), failure.refusal().label()], 1);
             }
             rescue(failure, &state.route, &state.request_id)
         };
@@ -584,6 +563,34 @@ impl Filter {
             .collect();
         envoy.send_response(status, &headers, response.body());
         Flow::Stop
+    }
+}
+
+/// The route label of Envoy stats: the chain's own route name, bounded by the configuration
+/// (never the key the request brought, which a header route key lets clients choose).
+fn stat_route(state: &State) -> &str {
+    state
+        .chain
+        .as_ref()
+        .map_or(UNKNOWN_ROUTE, |chain| chain.route())
+}
+
+/// Adds the policies' runs since they were last exported to Envoy's `policy_runs`.
+fn export_runs<P: ?Sized>(envoy: &impl Envoy, id: usize, steps: &[Step<P>], stats: &EnvoyStats) {
+    for step in steps {
+        let Some(counts) = step.metrics().unexported(stats.policy_interval) else {
+            continue;
+        };
+        for (result, n) in [
+            ("run", counts.executions),
+            ("failed", counts.failures),
+            ("panicked", counts.panics),
+            ("skipped", counts.skipped),
+        ] {
+            if n > 0 {
+                envoy.increment(id, &[step.key(), result], n);
+            }
+        }
     }
 }
 
