@@ -24,8 +24,9 @@ pub trait Envoy {
     fn body(&self, side: Side) -> Vec<u8>;
     /// How many body bytes Envoy holds for `side`.
     fn body_len(&self, side: Side) -> usize;
-    /// Replaces the body Envoy holds for `side`.
-    fn replace_body(&self, side: Side, body: &[u8]);
+    /// Replaces the body Envoy holds for `side`; false when Envoy could not (then the message
+    /// must not go on).
+    fn replace_body(&self, side: Side, body: &[u8]) -> bool;
     /// Answers the client; the caller then stops the stream's iteration.
     fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]);
     /// Envoy's `xds.route_name` attribute.

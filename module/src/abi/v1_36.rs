@@ -314,7 +314,7 @@ impl Envoy for Stream<'_> {
         self.chunks(side).iter().map(|c| c.len).sum()
     }
 
-    fn replace_body(&self, side: Side, body: &[u8]) {
+    fn replace_body(&self, side: Side, body: &[u8]) -> bool {
         let len = self.body_len(side);
         let (drain, append) = match side {
             Side::Request => (
@@ -330,8 +330,8 @@ impl Envoy for Stream<'_> {
         };
         // SAFETY: the stream of the running hook; `body` outlives the call, which copies it.
         unsafe {
-            drain(self.ptr, len);
-            append(self.ptr, body.as_ptr().cast(), body.len());
+            (len == 0 || drain(self.ptr, len))
+                && (body.is_empty() || append(self.ptr, body.as_ptr().cast(), body.len()))
         }
     }
 

@@ -309,22 +309,23 @@ impl Envoy for Stream<'_> {
         len
     }
 
-    fn replace_body(&self, side: Side, body: &[u8]) {
+    fn replace_body(&self, side: Side, body: &[u8]) -> bool {
         let (received, buffered) = body_types(side);
         let separate = !self.received_is_buffered(side) && self.size(received) > 0;
-        // SAFETY: the stream of the running hook; `body` outlives the call, which copies it.
-        unsafe {
-            envoy_dynamic_module_callback_http_drain_body(self.ptr, buffered, self.size(buffered));
-            if separate {
-                envoy_dynamic_module_callback_http_drain_body(
-                    self.ptr,
-                    received,
-                    self.size(received),
-                );
-            }
-            let into = if separate { received } else { buffered };
-            envoy_dynamic_module_callback_http_append_body(self.ptr, into, buffer(body));
-        }
+        let drain = |kind: u32| {
+            let len = self.size(kind);
+            // SAFETY: the stream of the running hook.
+            len == 0
+                || unsafe { envoy_dynamic_module_callback_http_drain_body(self.ptr, kind, len) }
+        };
+        let into = if separate { received } else { buffered };
+        drain(buffered)
+            && (!separate || drain(received))
+            // SAFETY: the stream of the running hook; `body` outlives the call, which copies it.
+            && (body.is_empty()
+                || unsafe {
+                    envoy_dynamic_module_callback_http_append_body(self.ptr, into, buffer(body))
+                })
     }
 
     fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {

@@ -447,8 +447,13 @@ impl Filter {
                         ),
                     );
                 }
+                if !apply(envoy, Side::Request, Edit::of_request(&ctx)) {
+                    return self.fail(
+                        envoy,
+                        Failure::Internal("Envoy did not take the request body a policy wrote"),
+                    );
+                }
                 self.conclude(envoy, Verdict::Continue, 0);
-                let edit = Edit::of_request(&ctx);
                 if needs.response_headers {
                     let (mut request, metadata) = ctx.into_parts();
                     if !needs.request_body_in_response {
@@ -460,7 +465,6 @@ impl Filter {
                         metadata,
                     });
                 }
-                apply(envoy, Side::Request, edit);
                 Flow::Continue
             }
             Finished::Response {
@@ -482,8 +486,13 @@ impl Filter {
                         ),
                     );
                 }
+                if !apply(envoy, Side::Response, Edit::of_response(&ctx)) {
+                    return self.fail(
+                        envoy,
+                        Failure::Internal("Envoy did not take the response body a policy wrote"),
+                    );
+                }
                 self.conclude(envoy, Verdict::Continue, 0);
-                apply(envoy, Side::Response, Edit::of_response(&ctx));
                 Flow::Continue
             }
         }
@@ -594,8 +603,9 @@ fn export_runs<P: ?Sized>(envoy: &impl Envoy, id: usize, steps: &[Step<P>], stat
     }
 }
 
-/// Writes `edit` into Envoy's copy of the message.
-fn apply(envoy: &impl Envoy, side: Side, edit: Edit) {
+/// Writes `edit` into Envoy's copy of the message; false when Envoy would not take the new body.
+#[must_use]
+fn apply(envoy: &impl Envoy, side: Side, edit: Edit) -> bool {
     let Edit {
         headers,
         body,
@@ -608,12 +618,10 @@ fn apply(envoy: &impl Envoy, side: Side, edit: Edit) {
             HeaderEdit::Remove(name) => envoy.remove_header(side, &name),
         }
     }
-    if let Some(body) = body {
-        envoy.replace_body(side, &body);
-    }
     if reroute {
         envoy.clear_route_cache();
     }
+    body.is_none_or(|body| envoy.replace_body(side, &body))
 }
 
 fn phase(side: Side) -> Phase {

@@ -19,6 +19,8 @@ struct FakeEnvoy {
     resumed: RefCell<Vec<Side>>,
     rerouted: RefCell<bool>,
     woken: Option<mpsc::Sender<u64>>,
+    /// Envoy refuses a new body (its buffer is gone).
+    refuse_body: bool,
     /// `(stat id, label values, amount)` in the order recorded (a duration counts as 1).
     stats: RefCell<Vec<(usize, Vec<String>, u64)>>,
 }
@@ -105,8 +107,12 @@ impl Envoy for FakeEnvoy {
     fn body_len(&self, _: Side) -> usize {
         self.request_body.borrow().len()
     }
-    fn replace_body(&self, _: Side, body: &[u8]) {
+    fn replace_body(&self, _: Side, body: &[u8]) -> bool {
+        if self.refuse_body {
+            return false;
+        }
         *self.request_body.borrow_mut() = body.to_vec();
+        true
     }
     fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         let headers = headers
@@ -232,4 +238,35 @@ fn a_body_chain_holds_the_headers_refuses_past_the_limit_and_counts_a_stream_cut
     let before = metrics.refusals(Refusal::StreamIncomplete);
     filter.on_stream_complete();
     assert_eq!(metrics.refusals(Refusal::StreamIncomplete), before + 1);
+}
+
+#[test]
+fn a_new_body_envoy_does_not_take_is_refused_not_passed() {
+    let mut registry = policy_test_support::policies::registry();
+    registry
+        .register(policy_test_support::policies::body_rewrite::policy_export())
+        .expect("registers");
+    let host = Host::new(
+        Arc::new(registry),
+        "version: v1\nroutes:\n  - route: api\n    policies: [{name: body-rewrite, version: 1.0.0}]\n",
+        &TestStats,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let post = [(":method", "POST"), (":path", "/a"), ("x-request-id", "r1")];
+    for refuse_body in [false, true] {
+        let filter = Filter::new(Arc::clone(&host));
+        let envoy = FakeEnvoy {
+            refuse_body,
+            ..FakeEnvoy::new("api", &post)
+        };
+        assert_eq!(filter.on_request_headers(&envoy, false), Flow::Hold);
+        *envoy.request_body.borrow_mut() = br#"{"internal_id": 1}"#.to_vec();
+        let flow = filter.on_request_body(&envoy, true);
+        if refuse_body {
+            assert_eq!((flow, envoy.sent_status()), (Flow::Stop, Some(500)));
+        } else {
+            assert_eq!((flow, envoy.sent_status()), (Flow::Continue, None));
+            assert_eq!(&envoy.request_body.borrow()[..], br#"{"rewritten":true}"#);
+        }
+    }
 }
