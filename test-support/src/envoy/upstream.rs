@@ -39,7 +39,9 @@ impl Upstream {
     /// Starts the echo server on a free loopback port.
     ///
     /// Answers `200` with `{"method", "path", "headers", "body"}`; a request header
-    /// `x-echo-status: N` makes it answer `N`, `x-echo-size: N` answer N bytes of `a` instead.
+    /// `x-echo-status: N` makes it answer `N`, `x-echo-size: N` answer N bytes of `a` instead,
+    /// `x-echo-raw: 1` answer the request's own body with its content type (a model's answer,
+    /// say).
     pub fn start() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the echo upstream");
         let port = listener.local_addr().expect("upstream address").port();
@@ -99,8 +101,14 @@ fn serve(mut stream: TcpStream, log: &Mutex<Vec<Received>>) {
         for (name, _) in &request.headers {
             headers.insert(name.clone(), json!(request.header(name)));
         }
+        let raw = request.header("x-echo-raw").is_some();
+        let content_type = match request.header("content-type") {
+            Some(t) if raw => t,
+            _ => "application/json".to_owned(),
+        };
         let echo = match request.header("x-echo-size").and_then(|n| n.parse().ok()) {
             Some(size) => "a".repeat(size),
+            None if raw => String::from_utf8_lossy(&request.body).into_owned(),
             None => json!({
                 "method": request.method,
                 "path": request.path,
@@ -111,7 +119,7 @@ fn serve(mut stream: TcpStream, log: &Mutex<Vec<Received>>) {
         };
         log.lock().expect("upstream log").push(request);
         let response = format!(
-            "HTTP/1.1 {status} Echo\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-upstream: echo\r\n\r\n{echo}",
+            "HTTP/1.1 {status} Echo\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-upstream: echo\r\n\r\n{echo}",
             echo.len()
         );
         if stream.write_all(response.as_bytes()).is_err() || close {

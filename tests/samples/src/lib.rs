@@ -13,6 +13,7 @@ pub fn exports() -> Vec<PolicyExport> {
         jwt_validation::policy_export(),
         jwt_validation_v2::policy_export(),
         llm_guard::policy_export(),
+        llm_token_budget::policy_export(),
         rate_limit::policy_export(),
         respond::policy_export(),
         security_headers::policy_export(),

@@ -8,17 +8,21 @@
 //!
 //! Keys are hashed (with a per-process random seed) so a bucket costs the same whatever the key's
 //! length; buckets live in shards behind their own locks, so concurrent requests rarely contend.
+//!
+//! With `store: {redis: {url: ...}}` the buckets live in Redis instead, one per key for every
+//! replica: each decision is one atomic script on Redis's clock ([`counter_store::RedisStore`]).
 
+use counter_store::{KeySource, OnError, RedisStore, StoreParams};
 use policy_sdk::{
-    ImmediateResponse, Outcome, Policy, PolicyError, Request, RequestAction, RequestContext,
-    RequestPolicy, UpstreamRequestMods,
+    ImmediateResponse, Outcome, Policy, PolicyError, RequestAction, RequestContext, RequestPolicy,
+    UpstreamRequestMods,
 };
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
@@ -41,22 +45,13 @@ pub struct Params {
     /// Most keys tracked.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// Where the buckets live.
+    #[serde(default)]
+    pub store: StoreParams,
 }
 
 fn default_max_keys() -> usize {
     100_000
-}
-
-/// Where the key comes from.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub enum KeySource {
-    /// A metadata value.
-    Metadata(String),
-    /// A request header.
-    Header(String),
-    /// The client address (`address`).
-    Client(String),
 }
 
 /// What happens when the key is absent.
@@ -76,6 +71,13 @@ struct Bucket {
     last: Duration,
 }
 
+/// Buckets in Redis: the store, what to do when it fails, and the prefix of this limit's keys.
+struct Shared {
+    store: Arc<RedisStore>,
+    on_error: OnError,
+    prefix: String,
+}
+
 /// The policy: its buckets.
 pub struct RateLimit {
     rate: f64,
@@ -86,6 +88,7 @@ pub struct RateLimit {
     seed: RandomState,
     shards: Vec<Mutex<HashMap<u64, Bucket>>>,
     epoch: Instant,
+    shared: Option<Shared>,
     /// How many times a shard was scanned to make room.
     #[cfg(test)]
     scans: std::sync::atomic::AtomicUsize,
@@ -117,18 +120,18 @@ impl Policy for RateLimit {
         if burst == 0 {
             return Err(PolicyError::invalid_param("burst", "must be at least 1"));
         }
-        let key = p.key.unwrap_or(KeySource::Client("address".into()));
-        if let KeySource::Client(what) = &key
-            && what != "address"
-        {
-            return Err(PolicyError::invalid_param(
-                "key.client",
-                "must be `address`",
-            ));
-        }
-        let key = match key {
-            KeySource::Header(h) => KeySource::Header(h.to_ascii_lowercase()),
-            other => other,
+        let key = p.key.unwrap_or_default().checked("key")?;
+        let shared = match p.store {
+            StoreParams::Memory => None,
+            StoreParams::Redis(redis) => Some(Shared {
+                store: RedisStore::shared(&redis, "store.redis")?,
+                on_error: redis.on_error,
+                // Replicas with the same limit on the same key source share buckets.
+                prefix: format!(
+                    "{}rate-limit:{}:{burst}:",
+                    redis.key_prefix, p.requests_per_second
+                ),
+            }),
         };
         Ok(RateLimit {
             rate: p.requests_per_second,
@@ -139,9 +142,16 @@ impl Policy for RateLimit {
             seed: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             epoch: Instant::now(),
+            shared,
             #[cfg(test)]
             scans: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    fn start(&self) {
+        if let Some(shared) = &self.shared {
+            shared.store.connect();
+        }
     }
 }
 
@@ -154,15 +164,7 @@ enum Verdict {
 
 impl RateLimit {
     fn key_of(&self, ctx: &RequestContext) -> Option<String> {
-        let request: &Request = ctx.request();
-        match &self.key {
-            KeySource::Metadata(key) => ctx.metadata().get(key).map(|v| match v.as_str() {
-                Some(s) => s.to_owned(),
-                None => v.to_string(),
-            }),
-            KeySource::Header(name) => request.header(name).map(str::to_owned),
-            KeySource::Client(_) => request.client_address().map(|a| a.ip().to_string()),
-        }
+        self.key.of(ctx)
     }
 
     fn take(&self, key: &str, now: Duration) -> Verdict {
@@ -228,6 +230,39 @@ impl RateLimit {
             .sum()
     }
 
+    /// The request is within the limit.
+    fn allowed(ctx: &mut RequestContext, remaining: u64) -> RequestAction {
+        ctx.metadata_mut().set("ratelimit.remaining", remaining);
+        RequestAction::Continue(UpstreamRequestMods::new())
+    }
+
+    /// Takes a token from the key's bucket in Redis; a failure follows `onError`.
+    async fn take_shared(
+        &self,
+        shared: &Shared,
+        ctx: &mut RequestContext,
+        key: String,
+    ) -> RequestAction {
+        let name = format!("{}{}", shared.prefix, self.key.digest(&key));
+        match shared.store.take_token(name, self.rate, self.burst as u64).await {
+            Ok(counter_store::Bucket::Allowed { remaining }) => Self::allowed(ctx, remaining),
+            Ok(counter_store::Bucket::Limited { retry_after }) => {
+                self.limited(retry_after.as_secs_f64().ceil().max(1.0) as u64)
+            }
+            Err(_) if shared.on_error == OnError::Allow => {
+                ctx.metadata_mut().set("ratelimit.store", "unavailable");
+                RequestAction::Continue(UpstreamRequestMods::new())
+            }
+            Err(_) => RequestAction::Respond(
+                ImmediateResponse::json(
+                    503,
+                    &json!({"error": "rate_limit_unavailable", "message": "the rate limit cannot be checked"}),
+                )
+                .with_header("retry-after", "1"),
+            ),
+        }
+    }
+
     fn limited(&self, retry_after: u64) -> RequestAction {
         RequestAction::Respond(
             ImmediateResponse::json(
@@ -250,12 +285,12 @@ impl RequestPolicy for RateLimit {
             }
             None => String::new(),
         };
+        if let Some(shared) = &self.shared {
+            return Outcome::pending(async move { Ok(self.take_shared(shared, ctx, key).await) });
+        }
         let now = self.epoch.elapsed();
         match self.take(&key, now) {
-            Verdict::Allowed { remaining } => {
-                ctx.metadata_mut().set("ratelimit.remaining", remaining);
-                Outcome::ready(RequestAction::Continue(UpstreamRequestMods::new()))
-            }
+            Verdict::Allowed { remaining } => Outcome::ready(Self::allowed(ctx, remaining)),
             Verdict::Limited { retry_after } => Outcome::ready(self.limited(retry_after)),
         }
     }
@@ -266,6 +301,7 @@ policy_sdk::export_policy!(RateLimit, phases = [request]);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use policy_sdk::Request;
     use policy_sdk::testkit::{self, expect_continue, expect_respond};
 
     fn limiter(params: serde_json::Value) -> RateLimit {
@@ -382,6 +418,54 @@ mod tests {
         assert!(scans < 20_000 / 10, "{scans} scans");
     }
 
+    fn redis_limiter(url: &str, on_error: &str, prefix: &str) -> RateLimit {
+        limiter(json!({
+            "requestsPerSecond": 0.01, "burst": 2, "key": {"header": "x-user"},
+            "store": {"redis": {"url": url, "onError": on_error, "keyPrefix": prefix, "timeoutMs": 200}}
+        }))
+    }
+
+    fn from(user: &str) -> RequestContext {
+        RequestContext::new(Request::new("GET", "/").with_header("x-user", user))
+    }
+
+    #[test]
+    fn instances_with_a_redis_store_share_one_limit() {
+        let server = policy_test_support::redis::RedisServer::start();
+        let (a, b) = (
+            redis_limiter(&server.url(), "deny", "t1:"),
+            redis_limiter(&server.url(), "deny", "t1:"),
+        );
+        let mut ctx = from("alice");
+        expect_continue(testkit::run_request(&a, &mut ctx));
+        assert_eq!(ctx.metadata().get("ratelimit.remaining"), Some(&json!(1)));
+        expect_continue(testkit::run_request(&b, &mut from("alice")));
+        let r = expect_respond(testkit::run_request(&a, &mut from("alice")));
+        assert_eq!((r.status(), r.header("retry-after")), (429, Some("100")));
+        expect_respond(testkit::run_request(&b, &mut from("alice")));
+        expect_continue(testkit::run_request(&b, &mut from("bob")));
+        let other = redis_limiter(&server.url(), "deny", "t2:");
+        expect_continue(testkit::run_request(&other, &mut from("alice")));
+    }
+
+    #[test]
+    fn a_redis_outage_follows_on_error() {
+        let mut server = policy_test_support::redis::RedisServer::start();
+        let (deny, allow) = (
+            redis_limiter(&server.url(), "deny", "o:"),
+            redis_limiter(&server.url(), "allow", "o:"),
+        );
+        server.stop();
+        let r = expect_respond(testkit::run_request(&deny, &mut from("alice")));
+        assert_eq!((r.status(), r.header("retry-after")), (503, Some("1")));
+        let mut ctx = from("alice");
+        expect_continue(testkit::run_request(&allow, &mut ctx));
+        assert_eq!(
+            ctx.metadata().get("ratelimit.store"),
+            Some(&json!("unavailable"))
+        );
+    }
+
     #[test]
     fn bad_settings_name_their_field() {
         for (params, field) in [
@@ -390,6 +474,10 @@ mod tests {
             (
                 json!({"requestsPerSecond": 1, "key": {"client": "port"}}),
                 "key.client",
+            ),
+            (
+                json!({"requestsPerSecond": 1, "store": {"redis": {"url": "mysql://x"}}}),
+                "store.redis.url",
             ),
         ] {
             let err =
