@@ -48,6 +48,8 @@ pub struct EnvoyStats {
     /// `policy_runs{policy, result}`: each policy version's runs (`run`, `failed`, `panicked`,
     /// `skipped`), every route together.
     pub policies: Option<usize>,
+    /// `policy_counter{name}`: the policies' own counters ([`policy_sdk::Counter`]).
+    pub counters: Option<usize>,
     /// How often a policy's counts are added to `policies` (at most; with its next run).
     pub policy_interval: std::time::Duration,
 }
@@ -59,6 +61,7 @@ impl EnvoyStats {
             refusals: stats.counter("policy_refusals", &["route", "reason"]),
             duration: stats.histogram("policy_chain_duration_us", &["route", "phase"]),
             policies: stats.counter("policy_runs", &["policy", "result"]),
+            counters: stats.counter("policy_counter", &["name"]),
             policy_interval,
         }
     }

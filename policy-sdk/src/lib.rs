@@ -76,6 +76,7 @@
 
 mod action;
 mod context;
+mod counter;
 mod error;
 mod export;
 mod headers;
@@ -91,6 +92,7 @@ pub use action::{
     UpstreamResponseMods,
 };
 pub use context::{Changes, HeaderChange, RequestContext, ResponseContext};
+pub use counter::{Counter, CounterValue, counters};
 pub use error::{ErrorKind, PolicyError};
 pub use export::{Factory, PolicyExport, PolicyInstance};
 pub use headers::HeaderMap;

@@ -207,6 +207,19 @@ impl Metrics {
             "policy_engine_buffered_body_bytes {}",
             self.body_bytes()
         );
+        header(
+            &mut out,
+            "policy_engine_policy_counter_total",
+            "counter",
+            "Counters policies keep (policy_sdk::Counter), by name.",
+        );
+        for counter in policy_sdk::counters() {
+            let _ = writeln!(
+                out,
+                "policy_engine_policy_counter_total{{name=\"{}\"}} {}",
+                counter.name, counter.value
+            );
+        }
         out
     }
 }

@@ -534,6 +534,9 @@ impl Filter {
                 Phase::Response => export_runs(envoy, id, chain.response_steps(), &stats),
             }
         }
+        if let Some(id) = stats.counters {
+            export_counters(envoy, id, stats.policy_interval);
+        }
         state.started = None;
         let trace = state.trace.as_mut().map(std::mem::take)?.render();
         tracing::info!(route = %state.route, request_id = %state.request_id, phase = state.phase.as_str(), outcome = ?verdict, status, trace = %trace, "explain");
@@ -599,6 +602,34 @@ fn export_runs<P: ?Sized>(envoy: &impl Envoy, id: usize, steps: &[Step<P>], stat
             if n > 0 {
                 envoy.increment(id, &[step.key(), result], n);
             }
+        }
+    }
+}
+
+/// Adds what the policies' own counters ([`policy_sdk::Counter`]) gained since they were last
+/// exported to Envoy's `policy_counter`, at most every `interval`, from whichever worker gets
+/// there first.
+fn export_counters(envoy: &impl Envoy, id: usize, interval: std::time::Duration) {
+    type Exported = (Option<std::time::Instant>, Vec<(&'static str, u64)>);
+    static EXPORTED: Mutex<Exported> = Mutex::new((None, Vec::new()));
+    let Ok(mut exported) = EXPORTED.try_lock() else {
+        return;
+    };
+    let (last, values) = &mut *exported;
+    if last.is_some_and(|t| t.elapsed() < interval) {
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    for counter in policy_sdk::counters() {
+        let before = match values.iter_mut().find(|(name, _)| *name == counter.name) {
+            Some((_, value)) => std::mem::replace(value, counter.value),
+            None => {
+                values.push((counter.name, counter.value));
+                0
+            }
+        };
+        if counter.value > before {
+            envoy.increment(id, &[counter.name], counter.value - before);
         }
     }
 }

@@ -127,6 +127,12 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// Commands that failed or timed out, every store of the process together.
+static REDIS_ERRORS: policy_sdk::Counter = policy_sdk::Counter::new(
+    "counter_store_redis_errors",
+    "Redis store commands (rate-limit, llm-token-budget) that failed or timed out.",
+);
+
 /// How often a store that keeps failing logs it again.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -261,6 +267,7 @@ impl RedisStore {
                 }
             }
             Err(error) => {
+                REDIS_ERRORS.add(1);
                 let failed = self.errors.fetch_add(1, Relaxed) + 1;
                 let first = !self.failing.swap(true, Relaxed);
                 let mut last = self

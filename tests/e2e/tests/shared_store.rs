@@ -134,6 +134,8 @@ fn a_redis_outage_follows_on_error_and_enforcement_resumes_without_a_restart() {
         );
     }
     stack.wait_for_log("the Redis store is unavailable", Duration::from_secs(5));
+    let counted = counter_on_every_engine(&stack, "counter_store_redis_errors");
+    assert!(counted >= 4, "each failed decision is counted: {counted}");
 
     // A fresh Redis on the same address: the engines reconnect by themselves.
     redis.restart();
@@ -234,4 +236,32 @@ routes:
         "reset only in a later window"
     );
     assert_eq!(reply.header("x-budget-used"), Some("40"));
+
+    // Both replicas export what they counted.
+    let counter = |name: &str| -> u64 { counter_on_every_engine(&stack, name) };
+    assert_eq!(
+        counter("llm_tokens"),
+        4 * 40,
+        "three answers, then one in the next window"
+    );
+    assert!(counter("llm_token_budget_exceeded") >= 1);
+}
+
+/// The sum of policy counter `name` over the engines of `stack`.
+fn counter_on_every_engine(stack: &Stack, name: &str) -> u64 {
+    let mut metrics = vec![stack.admin(Request::get("/metrics")).text()];
+    for replica in &stack.replicas {
+        let port = replica
+            .admin_port
+            .expect("the replica serves its admin API");
+        metrics.push(Request::get("/metrics").send(port).expect("metrics").text());
+    }
+    let series = format!("policy_engine_policy_counter_total{{name=\"{name}\"}} ");
+    metrics
+        .iter()
+        .filter_map(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series)?.trim().parse::<u64>().ok())
+        })
+        .sum()
 }

@@ -39,6 +39,17 @@ const META_WINDOW: &str = "llm.budget.window";
 /// Metadata: the request's model, when it has a budget of its own.
 const META_MODEL: &str = "llm.budget.model";
 
+/// Tokens responses reported, every route together.
+static TOKENS: policy_sdk::Counter = policy_sdk::Counter::new(
+    "llm_tokens",
+    "Model tokens responses reported (llm-token-budget).",
+);
+/// Requests refused because a budget was spent.
+static EXCEEDED: policy_sdk::Counter = policy_sdk::Counter::new(
+    "llm_token_budget_exceeded",
+    "Requests llm-token-budget refused with 429 (a budget spent, or no consumer to count).",
+);
+
 /// Route parameters.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -193,6 +204,7 @@ impl TokenBudget {
     ) -> RequestAction {
         let (_, end) = self.window.bounds(now);
         if let Some((_, &budget)) = used.iter().zip(budgets).find(|(u, b)| *u >= *b) {
+            EXCEEDED.add(1);
             return RequestAction::Respond(
                 ImmediateResponse::json(
                     429,
@@ -224,6 +236,7 @@ impl RequestPolicy for TokenBudget {
         let consumer = match self.consumer.of(ctx) {
             Some(consumer) => consumer,
             None if self.missing == MissingConsumer::Reject => {
+                EXCEEDED.add(1);
                 return Outcome::ready(RequestAction::Respond(ImmediateResponse::json(
                     429,
                     &json!({"error": "token_budget_exceeded", "message": "no consumer to count"}),
@@ -281,6 +294,7 @@ impl ResponsePolicy for TokenBudget {
         ) else {
             return Outcome::ready(pass());
         };
+        TOKENS.add(usage.total);
         let metadata = ctx.metadata_mut();
         metadata.set("llm.tokens.used", usage.total);
         if let Some(prompt) = usage.prompt {
