@@ -45,6 +45,7 @@ on_both_envoys!(
     a_jwks_fetch_that_ends_after_the_client_left_harms_nothing,
     reloads_under_load_fail_no_request,
     chains_are_counted_in_envoy_stats,
+    the_policies_own_counters_reach_envoy_stats,
 );
 
 fn headers_change_both_ways_and_unknown_routes_are_denied(abi: Abi) {
@@ -402,4 +403,30 @@ fn chains_are_counted_in_envoy_stats(abi: Abi) {
         prometheus.lines().any(|l| l.ends_with(series)),
         "{prometheus}"
     );
+}
+
+fn the_policies_own_counters_reach_envoy_stats(abi: Abi) {
+    let stack = ModuleStack::start_on(
+        abi,
+        r#"
+version: v1
+routes:
+  - route: body
+    policies:
+      - {name: llm-token-budget, version: 1.0.0, params: {tokens: 1000, window: day}}
+"#,
+        "policyStatsIntervalMs: 0",
+    );
+    let answer = br#"{"model": "m", "usage": {"total_tokens": 40}}"#;
+    for _ in 0..2 {
+        let reply = stack.send(
+            Request::post("/body/v1/chat/completions", answer)
+                .header("content-type", "application/json")
+                .header("x-echo-raw", "1"),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let stats = stack.envoy_admin("/stats?filter=policy_counter");
+    let line = "dynamicmodulescustom.policy_counter.name.llm_tokens: 80";
+    assert!(stats.lines().any(|l| l == line), "{line} in:\n{stats}");
 }

@@ -4,6 +4,7 @@
 use policy_test_support::envoy as support;
 use policy_test_support::jwt;
 
+use policy_test_support::redis::RedisServer;
 use support::Request;
 use support::host::Kind;
 
@@ -15,6 +16,7 @@ policy_test_support::on_every_host!(
     rate_limit_by_client_address_and_by_consumer,
     json_body_transform_edits_request_and_response_bodies,
     llm_guard_checks_models_tokens_and_prompts,
+    llm_token_budget_in_redis_counts_usage_and_refuses_past_the_budget,
     jwt_validation_accepts_real_tokens_and_rejects_bad_ones,
     jwt_validation_1_and_2_run_side_by_side,
 );
@@ -199,6 +201,70 @@ routes:
         401,
         "authentication runs first: no key, no token taken"
     );
+}
+
+fn llm_token_budget_in_redis_counts_usage_and_refuses_past_the_budget(kind: Kind) {
+    let redis = RedisServer::start();
+    let stack = kind.start(&format!(
+        r#"
+version: v1
+routes:
+  - route: body
+    policies:
+      - name: meta-header
+        version: 1.0.0
+        params: {{key: llm.budget.used, header: x-budget-used}}
+      - name: llm-token-budget
+        version: 1.0.0
+        params:
+          tokens: 80
+          window: day
+          models: {{gpt-4o: 30}}
+          consumer: {{header: x-user}}
+          store: {{redis: {{url: "{url}", timeoutMs: 1000}}}}
+"#,
+        url = redis.url()
+    ));
+    // The upstream plays the model: it answers with the request's body (`x-echo-raw`).
+    let ask = |user: &str, model: &str, content_type: &str, answer: &str| {
+        let body = answer.replace("MODEL", model);
+        stack.send(
+            Request::post("/body/v1/chat/completions", body.as_bytes())
+                .header("content-type", content_type)
+                .header("x-echo-raw", "1")
+                .header("x-user", user),
+        )
+    };
+    let json = r#"{"model": "MODEL", "usage": {"prompt_tokens": 10, "completion_tokens": 30, "total_tokens": 40}}"#;
+    let mini = |user: &str| ask(user, "gpt-4o-mini", "application/json", json);
+    for used in ["40", "80"] {
+        let reply = mini("alice");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("x-budget-used"), Some(used));
+    }
+    let refused = mini("alice");
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.json()["error"], "token_budget_exceeded");
+    let retry: u64 = refused
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=86_400).contains(&retry), "until midnight UTC: {retry}");
+    assert_eq!(refused.header("x-ratelimit-limit-tokens"), Some("80"));
+
+    // gpt-4o has a budget of its own: bob spends it, other models still have the rest.
+    assert_eq!(ask("bob", "gpt-4o", "application/json", json).status, 200);
+    let refused = ask("bob", "gpt-4o", "application/json", json);
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.header("x-ratelimit-limit-tokens"), Some("30"));
+    assert_eq!(mini("bob").header("x-budget-used"), Some("80"));
+
+    // A streamed answer is counted from its last usage event.
+    let stream = "data: {\"choices\": [{\"delta\": {\"content\": \"Hi\"}}]}\n\ndata: {\"choices\": [], \"usage\": {\"total_tokens\": 120}}\n\ndata: [DONE]\n\n";
+    let reply = ask("carol", "gpt-4o-mini", "text/event-stream", stream);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-budget-used"), Some("120"));
+    assert_eq!(mini("carol").status, 429);
 }
 
 fn json_body_transform_edits_request_and_response_bodies(kind: Kind) {
