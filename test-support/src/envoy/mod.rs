@@ -186,12 +186,17 @@ impl Stack {
     /// cluster that balances ext_proc streams across them round robin. The first is the stack's
     /// engine, the others are in [`Stack::replicas`].
     pub fn start_replicas(config: &str, replicas: usize) -> Stack {
+        Stack::start_replicas_with_env(config, replicas, &[])
+    }
+
+    /// [`Stack::start_replicas`] with `env` added to the engines' environment.
+    pub fn start_replicas_with_env(config: &str, replicas: usize, env: &[(&str, &Path)]) -> Stack {
         Stack::start_n(
             &workspace_bin("dev-engine"),
             Some(config),
             &[],
             &EnvoyOptions::default(),
-            replicas.max(1),
+            (replicas.max(1), env),
         )
     }
 
@@ -202,7 +207,7 @@ impl Stack {
         engine_args: &[&str],
         envoy: &EnvoyOptions,
     ) -> Stack {
-        Stack::start_n(engine, config, engine_args, envoy, 1)
+        Stack::start_n(engine, config, engine_args, envoy, (1, &[]))
     }
 
     fn start_n(
@@ -210,7 +215,7 @@ impl Stack {
         config: Option<&str>,
         engine_args: &[&str],
         envoy: &EnvoyOptions,
-        replicas: usize,
+        (replicas, env): (usize, &[(&str, &Path)]),
     ) -> Stack {
         let scratch = Scratch::new();
         let upstream = Upstream::start();
@@ -222,12 +227,13 @@ impl Stack {
             address: engine_address,
             admin_port: engine_admin_port,
             metrics_port: engine_metrics_port,
-        } = spawn_engine(engine, &scratch, engine_args, "engine.log");
+        } = spawn_engine(engine, &scratch, (engine_args, env), "engine.log");
         let engine_pid = first.0.id();
         let mut addresses = vec![engine_address.clone()];
         let mut others = Vec::new();
         for n in 1..replicas {
-            let replica = spawn_engine(engine, &scratch, engine_args, &format!("engine-{n}.log"));
+            let log = format!("engine-{n}.log");
+            let replica = spawn_engine(engine, &scratch, (engine_args, env), &log);
             addresses.push(replica.address);
             others.push(Replica {
                 admin_port: replica.admin_port,
@@ -418,7 +424,12 @@ struct Spawned {
 
 /// Starts `engine` (on a free loopback port unless `extra` has `--listen`) and returns it with
 /// the addresses it announced.
-fn spawn_engine(engine: &Path, scratch: &Scratch, extra: &[&str], log_name: &str) -> Spawned {
+fn spawn_engine(
+    engine: &Path,
+    scratch: &Scratch,
+    (extra, env): (&[&str], &[(&str, &Path)]),
+    log_name: &str,
+) -> Spawned {
     let log = std::fs::File::create(scratch.path(log_name)).expect("create the engine log");
     let config = scratch.path("routes.yaml");
     let mut command = Command::new(engine);
@@ -436,6 +447,7 @@ fn spawn_engine(engine: &Path, scratch: &Scratch, extra: &[&str], log_name: &str
     }
     let mut child = command
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()

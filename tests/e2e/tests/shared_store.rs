@@ -44,7 +44,8 @@ fn count(statuses: &[u16], status: u16) -> usize {
 
 #[test]
 fn two_engine_replicas_share_one_rate_limit_in_redis() {
-    let redis = RedisServer::start();
+    // AUTH through the URL; the password never shows.
+    let redis = RedisServer::start_with_password(Some("s3cret-pass"));
     let stack = Stack::start_replicas(
         &format!(
             r#"
@@ -56,7 +57,7 @@ routes:
         version: 1.0.0
         params:
           requestsPerSecond: 0.001
-          burst: 6
+          burst: 10
           key: {{header: x-user}}
           store: {{redis: {{url: "{url}", timeoutMs: 1000}}}}
   - route: public
@@ -74,15 +75,24 @@ routes:
             .send(Request::get(path).header("x-user", "alice"))
             .status
     };
-    let shared: Vec<u16> = (0..12).map(|_| send("/private/x")).collect();
+    // 24 requests at once from 4 clients: the decisions race on two engines.
+    let shared: Vec<u16> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| (0..6).map(|_| send("/private/x")).collect::<Vec<u16>>()))
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("a client thread"))
+            .collect()
+    });
     assert_eq!(
         (count(&shared, 200), count(&shared, 429)),
-        (6, 6),
+        (10, 14),
         "the two replicas together allow the burst once: {shared:?}"
     );
     let runs = runs_per_replica(&stack);
     assert!(
-        runs.iter().all(|&n| n > 0) && runs.iter().sum::<u64>() == 12,
+        runs.iter().all(|&n| n > 0) && runs.iter().sum::<u64>() == 24,
         "both replicas decided: {runs:?}"
     );
     assert_eq!(redis.keys(), 1, "one bucket for alice");
@@ -90,6 +100,13 @@ routes:
     // The same limit in memory is per replica: each allows its own burst.
     let apart: Vec<u16> = (0..8).map(|_| send("/public/x")).collect();
     assert_eq!(count(&apart, 200), 6, "3 per replica: {apart:?}");
+
+    let config = stack.admin(Request::get("/config")).text();
+    assert!(
+        config.contains("[redacted]") && !config.contains("s3cret-pass"),
+        "{config}"
+    );
+    assert!(!stack.engine_logs().contains("s3cret-pass"));
 }
 
 #[test]
@@ -264,4 +281,40 @@ fn counter_on_every_engine(stack: &Stack, name: &str) -> u64 {
                 .find_map(|l| l.strip_prefix(&series)?.trim().parse::<u64>().ok())
         })
         .sum()
+}
+
+#[test]
+fn a_redis_store_over_tls_trusts_only_a_certificate_it_can_verify() {
+    let redis = RedisServer::start_tls();
+    let config = format!(
+        r#"
+version: v1
+routes:
+  - route: private
+    policies:
+      - name: rate-limit
+        version: 1.0.0
+        params:
+          requestsPerSecond: 0.001
+          burst: 1
+          key: {{header: x-user}}
+          store: {{redis: {{url: "{url}", timeoutMs: 1000}}}}
+"#,
+        url = redis.tls_url()
+    );
+    let request = || Request::get("/private/x").header("x-user", "alice");
+    // The engine trusts the test CA (the store's TLS reads the system roots, which
+    // SSL_CERT_FILE replaces).
+    let ca = redis.ca_file();
+    let trusted = Stack::start_replicas_with_env(&config, 1, &[("SSL_CERT_FILE", &ca)]);
+    assert_eq!(trusted.send(request()).status, 200);
+    assert_eq!(trusted.send(request()).status, 429, "counted over TLS");
+    assert_eq!(redis.keys(), 1);
+
+    // Without it the server's certificate cannot be verified: nothing is granted.
+    let untrusted = Stack::start_replicas(&config, 1);
+    let reply = untrusted.send(Request::get("/private/x").header("x-user", "bob"));
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    untrusted.wait_for_log("the Redis store is unavailable", Duration::from_secs(5));
+    assert_eq!(redis.keys(), 1, "bob was never counted");
 }
