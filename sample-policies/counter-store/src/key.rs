@@ -64,3 +64,14 @@ impl KeySource {
         crate::key_digest(&format!("{self:?}\n{key}"))
     }
 }
+
+/// What a policy does with a request that has no key (`missingKey` / `missingConsumer`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingKey {
+    /// All such requests are counted together (the default).
+    #[default]
+    Shared,
+    /// Such requests get 429 at once.
+    Reject,
+}

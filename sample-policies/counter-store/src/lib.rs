@@ -24,7 +24,7 @@ mod params;
 mod redis_store;
 mod window;
 
-pub use key::KeySource;
+pub use key::{KeySource, MissingKey};
 pub use params::{OnError, RedisParams, StoreParams};
 pub use redis_store::{Bucket, RedisStore, StoreError};
 pub use window::Window;

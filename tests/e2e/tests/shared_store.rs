@@ -38,6 +38,24 @@ fn runs_per_replica(stack: &Stack) -> Vec<u64> {
     runs
 }
 
+/// A route entry limiting `route` to a burst of `burst` per `x-user` (a token every 1,000 s),
+/// its buckets in `store`.
+fn limited_route(route: &str, burst: u32, store: &str) -> String {
+    format!(
+        r#"
+  - route: {route}
+    policies:
+      - name: rate-limit
+        version: 1.0.0
+        params: {{requestsPerSecond: 0.001, burst: {burst}, key: {{header: x-user}}, store: {store}}}"#
+    )
+}
+
+/// A `store` parameter for the Redis at `url`.
+fn redis_store(url: &str, timeout_ms: u64, on_error: &str) -> String {
+    format!(r#"{{redis: {{url: "{url}", timeoutMs: {timeout_ms}, onError: {on_error}}}}}"#)
+}
+
 fn count(statuses: &[u16], status: u16) -> usize {
     statuses.iter().filter(|s| **s == status).count()
 }
@@ -46,30 +64,12 @@ fn count(statuses: &[u16], status: u16) -> usize {
 fn two_engine_replicas_share_one_rate_limit_in_redis() {
     // AUTH through the URL; the password never shows.
     let redis = RedisServer::start_with_password(Some("s3cret-pass"));
-    let stack = Stack::start_replicas(
-        &format!(
-            r#"
-version: v1
-routes:
-  - route: private
-    policies:
-      - name: rate-limit
-        version: 1.0.0
-        params:
-          requestsPerSecond: 0.001
-          burst: 10
-          key: {{header: x-user}}
-          store: {{redis: {{url: "{url}", timeoutMs: 1000}}}}
-  - route: public
-    policies:
-      - name: rate-limit
-        version: 1.0.0
-        params: {{requestsPerSecond: 0.001, burst: 3, key: {{header: x-user}}}}
-"#,
-            url = redis.url()
-        ),
-        2,
+    let config = format!(
+        "version: v1\nroutes:{}{}\n",
+        limited_route("private", 10, &redis_store(&redis.url(), 1000, "deny")),
+        limited_route("public", 3, "memory")
     );
+    let stack = Stack::start_replicas(&config, 2);
     let send = |path: &str| {
         stack
             .send(Request::get(path).header("x-user", "alice"))
@@ -112,25 +112,10 @@ routes:
 #[test]
 fn a_redis_outage_follows_on_error_and_enforcement_resumes_without_a_restart() {
     let mut redis = RedisServer::start();
-    let limit = |route: &str, on_error: &str| {
-        format!(
-            r#"
-  - route: {route}
-    policies:
-      - name: rate-limit
-        version: 1.0.0
-        params:
-          requestsPerSecond: 0.001
-          burst: 1
-          key: {{header: x-user}}
-          store: {{redis: {{url: "{url}", timeoutMs: 200, onError: {on_error}}}}}"#,
-            url = redis.url()
-        )
-    };
     let config = format!(
         "version: v1\nroutes:{}{}\n",
-        limit("private", "deny"),
-        limit("public", "allow")
+        limited_route("private", 1, &redis_store(&redis.url(), 200, "deny")),
+        limited_route("public", 1, &redis_store(&redis.url(), 200, "allow"))
     );
     let stack = Stack::start_replicas(&config, 2);
     let send = |path: &str| stack.send(Request::get(path).header("x-user", "alice"));
@@ -287,20 +272,8 @@ fn counter_on_every_engine(stack: &Stack, name: &str) -> u64 {
 fn a_redis_store_over_tls_trusts_only_a_certificate_it_can_verify() {
     let redis = RedisServer::start_tls();
     let config = format!(
-        r#"
-version: v1
-routes:
-  - route: private
-    policies:
-      - name: rate-limit
-        version: 1.0.0
-        params:
-          requestsPerSecond: 0.001
-          burst: 1
-          key: {{header: x-user}}
-          store: {{redis: {{url: "{url}", timeoutMs: 1000}}}}
-"#,
-        url = redis.tls_url()
+        "version: v1\nroutes:{}\n",
+        limited_route("private", 1, &redis_store(&redis.tls_url(), 1000, "deny"))
     );
     let request = || Request::get("/private/x").header("x-user", "alice");
     // The engine trusts the test CA (the store's TLS reads the system roots, which

@@ -16,7 +16,8 @@
 //! adds the tokens the model reported. A check and the count of the tokens it admitted are two
 //! steps: requests admitted at the same time may together pass the budget by their own usage.
 
-use counter_store::{KeySource, OnError, RedisStore, StoreParams, Window};
+pub use counter_store::{KeySource, MissingKey, StoreParams, Window};
+use counter_store::{OnError, RedisStore};
 use policy_sdk::{
     ImmediateResponse, Outcome, Policy, PolicyError, RequestAction, RequestContext, RequestPolicy,
     ResponseAction, ResponseContext, ResponsePolicy, UpstreamRequestMods, UpstreamResponseMods,
@@ -66,7 +67,7 @@ pub struct Params {
     pub consumer: Option<KeySource>,
     /// Requests without a consumer.
     #[serde(default)]
-    pub missing_consumer: MissingConsumer,
+    pub missing_consumer: MissingKey,
     /// Most counters in memory.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
@@ -77,17 +78,6 @@ pub struct Params {
 
 fn default_max_keys() -> usize {
     100_000
-}
-
-/// What happens when a request has no consumer.
-#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum MissingConsumer {
-    /// Counted together.
-    #[default]
-    Shared,
-    /// 429 at once.
-    Reject,
 }
 
 /// Where the counts live.
@@ -108,7 +98,7 @@ pub struct TokenBudget {
     window: Window,
     models: BTreeMap<String, u64>,
     consumer: KeySource,
-    missing: MissingConsumer,
+    missing: MissingKey,
     counts: Counts,
 }
 
@@ -235,7 +225,7 @@ impl RequestPolicy for TokenBudget {
     fn on_request<'a>(&'a self, ctx: &'a mut RequestContext) -> Outcome<'a, RequestAction> {
         let consumer = match self.consumer.of(ctx) {
             Some(consumer) => consumer,
-            None if self.missing == MissingConsumer::Reject => {
+            None if self.missing == MissingKey::Reject => {
                 EXCEEDED.add(1);
                 return Outcome::ready(RequestAction::Respond(ImmediateResponse::json(
                     429,

@@ -12,7 +12,8 @@
 //! With `store: {redis: {url: ...}}` the buckets live in Redis instead, one per key for every
 //! replica: each decision is one atomic script on Redis's clock ([`counter_store::RedisStore`]).
 
-use counter_store::{KeySource, OnError, RedisStore, StoreParams};
+pub use counter_store::{KeySource, MissingKey, StoreParams};
+use counter_store::{OnError, RedisStore};
 use policy_sdk::{
     ImmediateResponse, Outcome, Policy, PolicyError, RequestAction, RequestContext, RequestPolicy,
     UpstreamRequestMods,
@@ -52,17 +53,6 @@ pub struct Params {
 
 fn default_max_keys() -> usize {
     100_000
-}
-
-/// What happens when the key is absent.
-#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum MissingKey {
-    /// One shared bucket.
-    #[default]
-    Shared,
-    /// 429 at once.
-    Reject,
 }
 
 #[derive(Debug, Clone, Copy)]
