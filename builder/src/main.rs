@@ -7,6 +7,7 @@
 mod compile;
 mod generate;
 mod package;
+mod scaffold;
 mod validate;
 mod vendor;
 
@@ -46,6 +47,35 @@ enum Command {
     /// Copy every crate the engine, the sample policies and (with --manifest) the manifest's
     /// policies need into --out, for offline builds with --vendor-dir.
     Vendor,
+    /// Write a new policy crate that builds and tests on its own (`cargo test`) against this
+    /// builder's SDK, and print the manifest entry that adds it to an engine.
+    New(NewArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct NewArgs {
+    /// The policy's name: lower-case words joined by '-' (e.g. `header-stamp`).
+    #[arg(value_parser = policy_name)]
+    name: String,
+    /// The phases it runs in.
+    #[arg(long, value_delimiter = ',', default_value = "request")]
+    phases: Vec<PhaseArg>,
+    /// Where to write the crate (default NAME/v0.1.0).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// A policy name as the definition schema allows it (a command-line error otherwise).
+fn policy_name(name: &str) -> Result<String, String> {
+    scaffold::check_name(name)
+        .map(|()| name.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PhaseArg {
+    Request,
+    Response,
 }
 
 #[derive(Debug, clap::Args)]
@@ -217,6 +247,9 @@ fn run(
     progress: &Progress,
 ) -> anyhow::Result<serde_json::Value> {
     let engine_dir = engine_source(common.engine_source.as_deref())?;
+    if let Command::New(args) = command {
+        return new_policy(args, &engine_dir, progress);
+    }
     if let Command::Vendor = command {
         return vendor::vendor(&engine_dir, common.manifest.as_deref(), &common.out);
     }
@@ -224,7 +257,7 @@ fn run(
         bail!("no manifest: pass --manifest policy-manifest.yaml (or set POLICY_MANIFEST)");
     };
     let steps = match command {
-        Command::Build | Command::Vendor => 5,
+        Command::Build | Command::Vendor | Command::New(_) => 5,
         Command::Validate => 2,
         Command::Generate => 3,
     };
@@ -275,6 +308,38 @@ fn run(
     };
     for host in hosts {
         build(&job, host, &mut summary)?;
+    }
+    Ok(summary)
+}
+
+/// `new`: scaffolds the crate and says how to use it.
+fn new_policy(
+    args: &NewArgs,
+    engine_dir: &Path,
+    progress: &Progress,
+) -> anyhow::Result<serde_json::Value> {
+    let toolchain = toolchain(engine_dir)?;
+    let new = scaffold::NewPolicy {
+        name: &args.name,
+        request: args.phases.contains(&PhaseArg::Request),
+        response: args.phases.contains(&PhaseArg::Response),
+        dir: args.dir.as_deref(),
+    };
+    let summary = scaffold::scaffold(&new, &toolchain.sdk_dir, &toolchain.sdk_version)?;
+    if progress.on {
+        let entry = &summary["manifestEntry"];
+        let created = summary["created"].as_str().unwrap_or_default();
+        eprintln!(
+            "created {created}: policy `{}` {}\n\n\
+             add it to your policy-manifest.yaml:\n\n  \
+             - name: {}\n    version: {}\n    uri: {}\n\n\
+             test it: cd {created} && cargo test",
+            entry["name"].as_str().unwrap_or_default(),
+            entry["version"].as_str().unwrap_or_default(),
+            entry["name"].as_str().unwrap_or_default(),
+            entry["version"].as_str().unwrap_or_default(),
+            entry["uri"].as_str().unwrap_or_default(),
+        );
     }
     Ok(summary)
 }

@@ -25,6 +25,47 @@ fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
         ..PolicyCrate::new("acme-tag", "tag", "2.0.0")
     }
     .write(&temp, "tag/v2");
+    // A crate from `policy-builder new`: it tests on its own, offline, and builds in.
+    let hello = temp.path("hello/v0.1.0");
+    let run = builder(&[
+        "new",
+        "hello",
+        "--phases",
+        "request,response",
+        "--dir",
+        hello.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("  - name: hello\n    version: 0.1.0\n    uri: "),
+        "the manifest entry to add: {run:?}"
+    );
+    let tested = Command::new(env!("CARGO"))
+        .args(["test", "--offline"])
+        .current_dir(&hello)
+        .env(
+            "CARGO_TARGET_DIR",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-target"),
+        )
+        .output()
+        .expect("run cargo test");
+    let stdout = String::from_utf8_lossy(&tested.stdout);
+    assert!(
+        tested.status.success() && stdout.contains("test result: ok. 3 passed"),
+        "cargo test in the new crate:\n{stdout}\n{}",
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    let again = builder(&["new", "hello", "--dir", hello.to_str().expect("utf-8")]);
+    assert_eq!(
+        again.code,
+        Some(1),
+        "never over an existing crate: {again:?}"
+    );
+    assert!(again.stderr.contains("already holds files"), "{again:?}");
+    let bad = builder(&["new", "Hello_World"]);
+    assert_eq!(bad.code, Some(2), "a command-line error: {bad:?}");
+    assert!(bad.stderr.contains("is not a policy name"), "{bad:?}");
     let set_header = format!(
         "file://{}/../sample-policies/set-header/v1.0.0",
         env!("CARGO_MANIFEST_DIR")
@@ -35,6 +76,7 @@ fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
             ("tag", "./tag/v2"),
             ("tag", "./tag/v1"),
             ("set-header", &set_header),
+            ("hello", "./hello/v0.1.0"),
         ],
     );
     let out = temp.path("dist");
@@ -49,7 +91,7 @@ fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
     let engine = out.join("policy-engine");
     assert_eq!(
         registered(&engine),
-        ["set-header:1.0.0", "tag:1.0.0", "tag:2.0.0"]
+        ["hello:0.1.0", "set-header:1.0.0", "tag:1.0.0", "tag:2.0.0"]
     );
 
     let info = Command::new(&engine)
@@ -62,9 +104,9 @@ fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
     )
     .expect("JSON");
     assert_eq!(info, written, "the binary embeds what build-info.json says");
-    assert_eq!(info["policies"][1]["version"], "1.0.0");
+    assert_eq!(info["policies"][2]["version"], "1.0.0");
     assert_eq!(
-        info["policies"][2]["phases"],
+        info["policies"][3]["phases"],
         serde_json::json!(["request", "response"])
     );
     assert_eq!(info["manifestSha256"].as_str().map(str::len), Some(64));
@@ -79,7 +121,7 @@ fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
         "\"healthcheck\", \"--admin\", \"127.0.0.1:9002\"",
         "CMD [\"serve\", \"--config\", \"/etc/policy-engine/routes.yaml\"]",
         "org.opencontainers.image.version=",
-        "io.policy-engine.policies=\"set-header:1.0.0,tag:1.0.0,tag:2.0.0\"",
+        "io.policy-engine.policies=\"hello:0.1.0,set-header:1.0.0,tag:1.0.0,tag:2.0.0\"",
     ] {
         assert!(dockerfile.contains(needle), "{needle:?} in:\n{dockerfile}");
     }
@@ -87,7 +129,7 @@ fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
     // Both versions are usable in one route configuration, and the engine serves.
     let config = temp.write(
         "routes.yaml",
-        "version: v1\nroutes:\n  - route: old\n    policies: [{name: tag, version: 1.0.0}]\n  - route: new\n    policies: [{name: tag, version: 2.0.0}]\n",
+        "version: v1\nroutes:\n  - route: old\n    policies: [{name: tag, version: 1.0.0}]\n  - route: new\n    policies: [{name: tag, version: 2.0.0}, {name: hello, version: 0.1.0, params: {value: hi}}]\n",
     );
     let valid = Command::new(&engine)
         .arg("validate")
