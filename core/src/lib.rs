@@ -3,6 +3,7 @@
 pub mod chain;
 pub mod condition;
 pub mod config;
+pub mod decisions;
 /// Policy definitions (the `policy-definition` crate).
 pub use policy_definition as definition;
 pub mod edit;

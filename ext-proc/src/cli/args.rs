@@ -23,6 +23,23 @@ pub(super) enum Command {
         /// The route configuration file.
         config: PathBuf,
     },
+    /// Run decision test files: each case's request through its route's chain, in-process, and
+    /// the result compared with what the case expects. Exit 0: every case passed (and coverage
+    /// reached --fail-under); 1: some did not; 2: a file could not be used.
+    Test {
+        /// Decision test files (YAML; docs/decision-tests.md).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The route configuration, instead of each file's `config`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Fail when fewer than this percentage of policy entries ran for some case.
+        #[arg(long, value_name = "PERCENT")]
+        fail_under: Option<f64>,
+        /// `text` for people, `junit` for CI test reports.
+        #[arg(long, value_enum, default_value_t = super::decisions::Format::Text)]
+        format: super::decisions::Format,
+    },
     /// Print the compiled-in policies (name, version, phases, parameter schema) as JSON.
     Policies,
     /// Print the build information as JSON.

@@ -3,6 +3,7 @@
 //! The builder's generated `main` registers the manifest's policies and calls [`run`].
 
 mod args;
+mod decisions;
 mod health;
 mod serve;
 
@@ -21,10 +22,27 @@ use std::time::Duration;
 /// `build-info` prints. Returns the process exit code.
 pub fn run(registry: Registry, build_info: serde_json::Value) -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Test {
+        files,
+        config,
+        fail_under,
+        format,
+    }) = &cli.command
+    {
+        return match decisions::run(files, config.as_deref(), *fail_under, *format, &registry) {
+            Ok(decisions::Verdict::Passed) => ExitCode::SUCCESS,
+            Ok(decisions::Verdict::Failed) => ExitCode::FAILURE,
+            Err(error) => {
+                eprintln!("policy-engine test: {error:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let result = match cli.command {
         None => serve(cli.serve, registry, &build_info),
         Some(Command::Serve(args)) => serve(*args, registry, &build_info),
         Some(Command::Validate { config }) => validate(&config, &registry),
+        Some(Command::Test { .. }) => Ok(()),
         Some(Command::Policies) => print_json(&policy_list(&registry)),
         Some(Command::BuildInfo) => print_json(&build_info),
         Some(Command::Healthcheck {

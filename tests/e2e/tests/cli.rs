@@ -191,3 +191,96 @@ fn validate_makes_no_network_call_for_a_jwks_url() {
         other => panic!("validate connected to the JWKS URL: {other:?}"),
     }
 }
+
+/// `examples/decisions/`, from this crate's directory.
+fn example(name: &str) -> String {
+    format!(
+        "{}/../../examples/decisions/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn the_sample_decision_tests_pass_with_full_coverage() {
+    let out = engine(&["test", &example("samples.yaml"), "--fail-under", "100"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("12 passed, 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains("10 of 10 policy entries ran (100.0%)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_wrong_expectation_fails_with_the_difference_and_the_explain_trace() {
+    let tests = scratch_file(
+        "wrong.yaml",
+        &format!(
+            "config: {}\ncases:\n  - name: keyless requests pass (they do not)\n    route: partner-api\n    request: {{path: /orders}}\n    expect:\n      upstream: {{path: /orders}}\n  - name: acme is tiered gold (it is partner)\n    route: partner-api\n    request: {{headers: {{x-api-key: test}}}}\n    expect:\n      upstream: {{headers: {{x-consumer-tier: gold}}}}\n      metadata: {{auth.consumer: acme}}\n",
+            example("routes.yaml")
+        ),
+    );
+    let path = tests.to_str().expect("utf-8");
+    let out = engine(&["test", path]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "  FAIL  partner-api: keyless requests pass (they do not)",
+        "        field   expected            actual",
+        "        status  forwarded upstream  answered 401",
+        "        explain: api-key-validation:1.0.0=respond 401; rate-limit:1.0.0=not run; set-header:1.0.0=not run",
+        "  FAIL  partner-api: acme is tiered gold (it is partner)",
+        "        upstream.headers.x-consumer-tier  \"gold\"    \"partner\"",
+        "0 passed, 2 failed",
+        "  routes no case reached: health, llm, maintenance, web",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(line)),
+            "{line:?} in:\n{stdout}"
+        );
+    }
+
+    let out = engine(&["test", path, "--format", "junit"]);
+    assert_eq!(out.status.code(), Some(1));
+    let xml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        xml.contains("<testsuite name=\"") && xml.contains("tests=\"2\" failures=\"2\">"),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<failure message=\"upstream.headers.x-consumer-tier: expected &quot;gold&quot;, got &quot;partner&quot;\">"),
+        "{xml}"
+    );
+}
+
+#[test]
+fn low_coverage_and_unusable_files_fail_the_gate() {
+    let one = scratch_file(
+        "one.yaml",
+        &format!(
+            "config: {}\ncases:\n  - name: health passes\n    route: health\n",
+            example("routes.yaml")
+        ),
+    );
+    let out = engine(&["test", one.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "the case passes: {out:?}");
+    let out = engine(&["test", one.to_str().expect("utf-8"), "--fail-under", "50"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("under --fail-under 50.0%"),
+        "{out:?}"
+    );
+
+    let typo = scratch_file(
+        "typo.yaml",
+        "config: routes.yaml\ncases:\n  - name: x\n    route: r\n    expect: {stauts: 200}\n",
+    );
+    let out = engine(&["test", typo.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("typo.yaml") && stderr.contains("stauts"),
+        "{stderr}"
+    );
+}
