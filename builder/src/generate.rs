@@ -142,6 +142,9 @@ pub struct PolicyInfo {
     pub path: String,
     /// SHA-256 over the crate's files, hex.
     pub content_hash: String,
+    /// The manifest's `discover:` directory it was found under (absent: listed by itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovered_from: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -201,6 +204,7 @@ pub fn generate(
                 uri: p.entry.uri.clone(),
                 path: p.entry.dir.display().to_string(),
                 content_hash: p.content_hash.clone(),
+                discovered_from: p.entry.discovered_from.clone(),
             })
             .collect(),
     };

@@ -264,18 +264,32 @@ fn run(
     let toolchain = toolchain(&engine_dir)?;
 
     let manifest = manifest::load(manifest_path)?;
+    let discovered: Vec<&manifest::Entry> = manifest
+        .policies
+        .iter()
+        .filter(|e| e.discovered_from.is_some())
+        .collect();
     progress.step(
         1,
         steps,
         Stage::Manifest,
         format_args!(
-            "{}: {} {}",
+            "{}: {} {}{}",
             manifest_path.display(),
             manifest.policies.len(),
             if manifest.policies.len() == 1 {
                 "policy"
             } else {
                 "policies"
+            },
+            if discovered.is_empty() {
+                String::new()
+            } else {
+                let found: Vec<String> = discovered
+                    .iter()
+                    .map(|e| format!("{} ({})", e.label(), e.uri))
+                    .collect();
+                format!("; discovered: {}", found.join(", "))
             }
         ),
     );
@@ -288,6 +302,12 @@ fn run(
         format_args!("ok: {}", keys.join(", ")),
     );
     let mut summary = json!({"policies": keys, "manifestSha256": manifest.sha256});
+    if !discovered.is_empty() {
+        summary["discovered"] = discovered
+            .iter()
+            .map(|e| json!({"name": e.name, "version": e.version, "uri": e.uri, "from": e.discovered_from}))
+            .collect();
+    }
     if let Command::Validate = command {
         return Ok(summary);
     }

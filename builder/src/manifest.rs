@@ -6,6 +6,7 @@
 //!   - name: set-header                          # must equal the definition's name
 //!     version: 1.0.0                            # optional; must equal the definition's version
 //!     uri: ./sample-policies/set-header/v1.0.0  # relative to this file, absolute, or file://
+//!   - discover: ./policies                      # every <name>/v<version>/ crate under it
 //! ```
 
 use crate::report::{Failure, Problem, Stage, line_of};
@@ -39,6 +40,9 @@ pub struct Entry {
     pub uri: String,
     /// The crate directory `uri` resolves to (canonical).
     pub dir: PathBuf,
+    /// The `discover:` directory (as written) this entry was found under; `None` for an entry
+    /// the manifest lists itself.
+    pub discovered_from: Option<String>,
 }
 
 impl Entry {
@@ -53,6 +57,8 @@ impl Entry {
 
 const TOP_KEYS: [&str; 2] = ["version", "policies"];
 const ENTRY_KEYS: [&str; 3] = ["name", "version", "uri"];
+/// The most crates one `discover:` directory may yield.
+const MAX_DISCOVERED: usize = 1000;
 
 /// Reads and checks the manifest at `path`, reporting every problem at once.
 pub fn load(path: &Path) -> Result<Manifest, Failure> {
@@ -162,6 +168,7 @@ fn check(doc: &Value, text: &str, base: &Path, problems: &mut Vec<Problem>) -> V
         .collect();
     let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
     let mut out = Vec::new();
+    let mut discover_dirs = Vec::new();
     for (i, item) in entries.iter().enumerate() {
         let at = format!("policies[{i}]");
         let line = entry_lines.get(i).copied();
@@ -171,6 +178,24 @@ fn check(doc: &Value, text: &str, base: &Path, problems: &mut Vec<Problem>) -> V
             );
             continue;
         };
+        if let Some(dir) = entry.get("discover") {
+            match (dir, entry.len()) {
+                (Value::String(dir), 1) if !dir.trim().is_empty() => {
+                    discover_dirs.push((at, line, dir.clone()));
+                }
+                (Value::String(_), 1) | (_, 1) => problems.push(
+                    Problem::new(format!("{at}.discover must be a directory"))
+                        .at_line(line)
+                        .fix("write `- discover: ./policies` (relative to the manifest)"),
+                ),
+                _ => problems.push(
+                    Problem::new(format!("{at}: `discover` stands alone in its entry"))
+                        .at_line(line)
+                        .fix("give `discover` an entry of its own (`- discover: ./policies`), and name other crates in entries with name and uri"),
+                ),
+            }
+            continue;
+        }
         unknown_keys(entry, &ENTRY_KEYS, &format!("{at}."), text, problems);
         let name = required_string(entry, "name", &at, line, problems);
         let uri = required_string(entry, "uri", &at, line, problems);
@@ -220,11 +245,97 @@ fn check(doc: &Value, text: &str, base: &Path, problems: &mut Vec<Problem>) -> V
                 version,
                 uri,
                 dir,
+                discovered_from: None,
             }),
             Err(problem) => problems.push(problem.at_line(line)),
         }
     }
+    for (at, line, dir) in discover_dirs {
+        match discover(&dir, base) {
+            Ok(found) if found.is_empty() => problems.push(
+                Problem::new(format!(
+                    "{at}.discover {dir:?} holds no policy crate (<name>/v<version>/ with Cargo.toml and policy-definition.yaml)"
+                ))
+                .at_line(line)
+                .fix("point it at the directory that holds the <name>/ directories"),
+            ),
+            Ok(found) => {
+                for entry in found {
+                    // Explicit entries win: the same crate, or the same name and version.
+                    let listed = out.iter().any(|e| {
+                        e.dir == entry.dir
+                            || (e.name == entry.name
+                                && e.version.as_deref().or(definition_version(&e.dir).as_deref())
+                                    == entry.version.as_deref())
+                    });
+                    if !listed {
+                        out.push(entry);
+                    }
+                }
+            }
+            Err(problem) => problems.push(problem.at_line(line)),
+        }
+    }
     out
+}
+
+/// Every `<name>/v<version>/` crate directly under `dir` (a Cargo.toml and a
+/// policy-definition.yaml in it), sorted by name and version.
+fn discover(dir: &str, base: &Path) -> Result<Vec<Entry>, Problem> {
+    let root = resolve(dir, base)?;
+    let read = |path: &Path| {
+        std::fs::read_dir(path).map_err(|e| {
+            Problem::new(format!(
+                "discover {dir:?}: cannot read {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let mut found = Vec::new();
+    for name_dir in read(&root)?.flatten() {
+        let name = name_dir.file_name().to_string_lossy().into_owned();
+        if !name_dir.path().is_dir() || name.starts_with('.') {
+            continue;
+        }
+        for version_dir in read(&name_dir.path())?.flatten() {
+            let label = version_dir.file_name().to_string_lossy().into_owned();
+            let crate_dir = version_dir.path();
+            let Some(version) = label.strip_prefix('v') else {
+                continue;
+            };
+            if cargo_metadata::semver::Version::parse(version).is_err()
+                || !crate_dir.join("Cargo.toml").is_file()
+                || !crate_dir.join("policy-definition.yaml").is_file()
+            {
+                continue;
+            }
+            let Ok(canonical) = crate_dir.canonicalize() else {
+                continue;
+            };
+            found.push(Entry {
+                name: name.clone(),
+                version: Some(version.to_owned()),
+                uri: format!("{}/{name}/{label}", dir.trim_end_matches('/')),
+                dir: canonical,
+                discovered_from: Some(dir.to_owned()),
+            });
+            if found.len() > MAX_DISCOVERED {
+                return Err(Problem::new(format!(
+                    "discover {dir:?} finds more than {MAX_DISCOVERED} policy crates"
+                ))
+                .fix("point it at a narrower directory"));
+            }
+        }
+    }
+    found.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+    Ok(found)
+}
+
+/// The `version` a crate's policy-definition.yaml declares, if it can be read.
+fn definition_version(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("policy-definition.yaml")).ok()?;
+    let doc: Value = serde_saphyr::from_str(&text).ok()?;
+    doc.get("version")?.as_str().map(str::to_owned)
 }
 
 fn required_string(

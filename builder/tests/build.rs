@@ -13,7 +13,8 @@ fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
     let temp = Temp::new("build");
     // Two versions of one policy, in crates of the same package name, outside the repository:
     // v1 depends on the SDK by version (the builder supplies its copy), v2 by path.
-    PolicyCrate::new("acme-tag", "tag", "1.0.0").write(&temp, "tag/v1");
+    // Both are found by the manifest's `discover:` entry.
+    PolicyCrate::new("acme-tag", "tag", "1.0.0").write(&temp, "policies/tag/v1.0.0");
     let sdk_path = format!(
         "{{ path = \"{}/../policy-sdk\" }}",
         env!("CARGO_MANIFEST_DIR")
@@ -24,7 +25,7 @@ fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
         implements: &["request", "response"],
         ..PolicyCrate::new("acme-tag", "tag", "2.0.0")
     }
-    .write(&temp, "tag/v2");
+    .write(&temp, "policies/tag/v2.0.0");
     // A crate from `policy-builder new`: it tests on its own, offline, and builds in.
     let hello = temp.path("hello/v0.1.0");
     let run = builder(&[
@@ -73,8 +74,7 @@ fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
     let manifest = manifest(
         &temp,
         &[
-            ("tag", "./tag/v2"),
-            ("tag", "./tag/v1"),
+            ("discover", "./policies"),
             ("set-header", &set_header),
             ("hello", "./hello/v0.1.0"),
         ],
@@ -105,6 +105,13 @@ fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
     .expect("JSON");
     assert_eq!(info, written, "the binary embeds what build-info.json says");
     assert_eq!(info["policies"][2]["version"], "1.0.0");
+    assert_eq!(info["policies"][2]["discoveredFrom"], "./policies");
+    assert_eq!(info["policies"][2]["uri"], "./policies/tag/v1.0.0");
+    assert_eq!(
+        info["policies"][1].get("discoveredFrom"),
+        None,
+        "set-header is listed"
+    );
     assert_eq!(
         info["policies"][3]["phases"],
         serde_json::json!(["request", "response"])

@@ -296,3 +296,54 @@ fn generate_is_deterministic_and_marks_its_files() {
         Some(64)
     );
 }
+
+#[test]
+fn discover_finds_every_versioned_crate_and_explicit_entries_win() {
+    let temp = Temp::new("discover");
+    PolicyCrate::new("acme-tag", "tag", "1.0.0").write(&temp, "policies/tag/v1.0.0");
+    PolicyCrate::new("acme-tag", "tag", "2.0.0").write(&temp, "policies/tag/v2.0.0");
+    PolicyCrate::new("acme-stamp", "stamp", "0.3.1").write(&temp, "policies/stamp/v0.3.1");
+    // Not crates of the layout: skipped.
+    temp.write("policies/tag/notes/README.md", "not a crate\n");
+    temp.write("policies/tag/v3/Cargo.toml", "[package]\n");
+    // The manifest's own tag 2.0.0, in another directory, wins over the discovered one.
+    PolicyCrate::new("acme-tag", "tag", "2.0.0").write(&temp, "pinned/tag2");
+    let manifest = temp.write(
+        "policy-manifest.yaml",
+        "version: v1\npolicies:\n  - discover: ./policies\n  - {name: tag, version: 2.0.0, uri: ./pinned/tag2}\n",
+    );
+    let run = builder(&[
+        "validate",
+        "--manifest",
+        manifest.to_str().expect("utf-8"),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(
+        report["policies"],
+        serde_json::json!(["tag:2.0.0", "stamp:0.3.1", "tag:1.0.0"])
+    );
+    assert_eq!(
+        report["discovered"],
+        serde_json::json!([
+            {"name": "stamp", "version": "0.3.1", "uri": "./policies/stamp/v0.3.1", "from": "./policies"},
+            {"name": "tag", "version": "1.0.0", "uri": "./policies/tag/v1.0.0", "from": "./policies"},
+        ])
+    );
+
+    let empty = temp.write(
+        "empty-manifest.yaml",
+        "version: v1\npolicies:\n  - discover: ./pinned\n",
+    );
+    let run = builder(&["validate", "--manifest", empty.to_str().expect("utf-8")]);
+    assert_fails(
+        &run,
+        MANIFEST,
+        &[
+            "empty-manifest.yaml:3",
+            "discover \"./pinned\" holds no policy crate",
+        ],
+    );
+}

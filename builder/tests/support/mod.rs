@@ -155,11 +155,16 @@ pub fn builder(args: &[&str]) -> Run {
     }
 }
 
-/// Writes a manifest listing `entries` (`(name, uri)`) and returns its path.
+/// Writes a manifest listing `entries` (`(name, uri)`; `("discover", dir)` for a discover entry)
+/// and returns its path.
 pub fn manifest(temp: &Temp, entries: &[(&str, &str)]) -> String {
     let mut text = String::from("version: v1\npolicies:\n");
     for (name, uri) in entries {
-        text.push_str(&format!("  - name: {name}\n    uri: {uri}\n"));
+        if *name == "discover" {
+            text.push_str(&format!("  - discover: {uri}\n"));
+        } else {
+            text.push_str(&format!("  - name: {name}\n    uri: {uri}\n"));
+        }
     }
     temp.write("policy-manifest.yaml", &text)
         .display()
