@@ -94,7 +94,7 @@ pub fn compile(
         })
     });
     let mut binary = None;
-    let mut errors: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut problems: Vec<Problem> = Vec::new();
     if let Some(stdout) = child.stdout.take() {
         for message in Message::parse_stream(BufReader::new(stdout)).flatten() {
             match message {
@@ -120,16 +120,7 @@ pub fn compile(
                 Message::CompilerMessage(msg)
                     if msg.message.level == cargo_metadata::diagnostic::DiagnosticLevel::Error =>
                 {
-                    let owner = owners
-                        .get(&msg.package_id)
-                        .cloned()
-                        .unwrap_or_else(|| "engine".to_owned());
-                    let text = msg
-                        .message
-                        .rendered
-                        .clone()
-                        .unwrap_or_else(|| msg.message.message.clone());
-                    errors.entry(owner).or_default().push(text);
+                    problems.push(compile_error(&msg, owners.get(&msg.package_id)));
                 }
                 _ => {}
             }
@@ -144,22 +135,6 @@ pub fn compile(
     {
         return Ok(binary);
     }
-    let mut problems: Vec<Problem> = errors
-        .into_iter()
-        .map(|(owner, messages)| {
-            let problem = Problem::new(format!(
-                "{owner} does not compile:\n{}",
-                messages.join("\n").trim_end()
-            ));
-            if owner == "engine" {
-                problem
-            } else {
-                problem.for_policy(owner).fix(
-                    "fix the policy crate (`cargo check` in its directory shows the same errors)",
-                )
-            }
-        })
-        .collect();
     if problems.is_empty() {
         problems.push(Problem::new(format!(
             "cargo build failed ({status}){}",
@@ -176,13 +151,45 @@ pub fn compile(
     })
 }
 
+/// One compiler error as a problem: the policy it belongs to (or the engine), the file, line
+/// and column of its primary span (relative paths resolved against the crate's directory).
+fn compile_error(
+    msg: &cargo_metadata::CompilerMessage,
+    owner: Option<&(String, PathBuf)>,
+) -> Problem {
+    let text = msg
+        .message
+        .rendered
+        .clone()
+        .unwrap_or_else(|| msg.message.message.clone());
+    let name = owner.map_or("engine", |(label, _)| label.as_str());
+    let mut problem = Problem::new(format!("{name} does not compile:\n{}", text.trim_end()));
+    if let Some(span) = msg.message.spans.iter().find(|s| s.is_primary) {
+        let file = PathBuf::from(&span.file_name);
+        let file = match owner {
+            Some((_, dir)) if file.is_relative() => dir.join(file),
+            _ => file,
+        };
+        problem = problem
+            .in_file(&file)
+            .at_line(span.line_start)
+            .at_column(span.column_start);
+    }
+    match owner {
+        Some((label, _)) => problem
+            .for_policy(label.clone())
+            .fix("fix the policy crate (`cargo check` in its directory shows the same errors)"),
+        None => problem,
+    }
+}
+
 /// Completes the lock file (new entries only; locked versions stay) and maps each policy
-/// crate's package id to its manifest label.
+/// crate's package id to its manifest label and directory.
 fn resolve(
     manifest: &Path,
     policies: &[ValidPolicy],
     options: &CargoOptions,
-) -> Result<BTreeMap<PackageId, String>, Problem> {
+) -> Result<BTreeMap<PackageId, (String, PathBuf)>, Problem> {
     let mut command = MetadataCommand::new();
     command.manifest_path(manifest).cargo_path(cargo());
     command.other_options(options.source_args());
@@ -203,7 +210,7 @@ fn resolve(
             let dir = dir.canonicalize().ok()?;
             by_dir
                 .get(dir.as_path())
-                .map(|label| (package.id.clone(), label.clone()))
+                .map(|label| (package.id.clone(), (label.clone(), dir.clone())))
         })
         .collect())
 }

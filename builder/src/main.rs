@@ -198,11 +198,20 @@ fn main() -> ExitCode {
             Ok(failure) => {
                 let code = failure.stage.exit_code();
                 if common.format == Format::Json {
+                    let problems: Vec<serde_json::Value> = failure
+                        .problems
+                        .iter()
+                        .map(|problem| {
+                            let mut value = json!(problem);
+                            value["stage"] = json!(failure.stage);
+                            value
+                        })
+                        .collect();
                     let doc = json!({
                         "ok": false,
                         "stage": failure.stage,
                         "exitCode": code,
-                        "problems": failure.problems,
+                        "problems": problems,
                     });
                     println!("{doc:#}");
                 } else {

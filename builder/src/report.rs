@@ -46,17 +46,18 @@ impl fmt::Display for Stage {
     }
 }
 
-/// One problem.
+/// One problem. In JSON every problem has `file`, `line` and `policy` (`null` where they do not
+/// apply), and `column` where the compiler gave one.
 #[derive(Clone, Debug, Serialize)]
 pub struct Problem {
     /// The file at fault.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
     /// The line in it, 1-based, where known.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
-    /// The manifest entry (`name` or `name:version`) the problem belongs to.
+    /// The column in that line, 1-based, where known.
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
+    /// The manifest entry (`name` or `name:version`) the problem belongs to.
     pub policy: Option<String>,
     /// What is wrong.
     pub message: String,
@@ -71,6 +72,7 @@ impl Problem {
         Problem {
             file: None,
             line: None,
+            column: None,
             policy: None,
             message: message.into(),
             fix: None,
@@ -86,6 +88,12 @@ impl Problem {
     /// At `line` of the file, when known.
     pub fn at_line(mut self, line: impl Into<Option<usize>>) -> Self {
         self.line = line.into();
+        self
+    }
+
+    /// At `column` of the line, when known.
+    pub fn at_column(mut self, column: usize) -> Self {
+        self.column = u32::try_from(column).ok();
         self
     }
 
@@ -111,6 +119,9 @@ impl fmt::Display for Problem {
             write!(f, "{}", file.display())?;
             if let Some(line) = self.line {
                 write!(f, ":{line}")?;
+                if let Some(column) = self.column {
+                    write!(f, ":{column}")?;
+                }
             }
             f.write_str(": ")?;
         }

@@ -197,12 +197,45 @@ fn a_compile_error_names_the_policy() {
     ]);
     assert_eq!(run.code, Some(6), "{run:?}");
     assert!(
-        run.stderr.contains("[broken] broken does not compile"),
+        run.stderr.contains("[broken] ")
+            && run.stderr.contains("broken/src/lib.rs:18:26: broken does not compile"),
         "{run:?}"
     );
     assert!(run.stderr.contains("undefined_thing"), "{run:?}");
     assert!(!run.stderr.contains("[fine]"), "{run:?}");
     assert!(!out.join("policy-engine").exists(), "nothing is packaged");
+
+    // The JSON report points at the policy's own file, line and column.
+    let run = builder(&[
+        "--manifest",
+        &manifest,
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(run.code, Some(6), "{run:?}");
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    let problem = &report["problems"][0];
+    let lib = temp.path("broken/src/lib.rs");
+    let line = std::fs::read_to_string(&lib)
+        .expect("lib.rs")
+        .lines()
+        .position(|l| l.contains("undefined_thing"))
+        .map(|i| i + 1);
+    assert_eq!(problem["stage"], "compilation", "{report:#}");
+    assert_eq!(problem["policy"], "broken", "{report:#}");
+    assert_eq!(
+        problem["file"].as_str().map(std::path::Path::new),
+        Some(lib.canonicalize().expect("canonical").as_path()),
+        "{report:#}"
+    );
+    assert_eq!(
+        problem["line"].as_u64(),
+        line.map(|l| l as u64),
+        "{report:#}"
+    );
+    assert_eq!(problem["column"], 26, "{report:#}");
 }
 
 #[test]
