@@ -198,7 +198,9 @@ fn a_compile_error_names_the_policy() {
     assert_eq!(run.code, Some(6), "{run:?}");
     assert!(
         run.stderr.contains("[broken] ")
-            && run.stderr.contains("broken/src/lib.rs:18:26: broken does not compile"),
+            && run
+                .stderr
+                .contains("broken/src/lib.rs:18:26: broken does not compile"),
         "{run:?}"
     );
     assert!(run.stderr.contains("undefined_thing"), "{run:?}");

@@ -218,3 +218,21 @@ fn a_compiled_phase_the_definition_does_not_declare_is_rejected() {
     assert_eq!(p[0].path, "routes[0].policies[0]");
     assert!(p[0].message.starts_with("the compiled policy implements the response phase but its definition does not declare it"), "{}", p[0].message);
 }
+
+#[test]
+fn conditions_on_path_names_whose_meaning_changed_get_a_warning() {
+    let snap = policy_test_support::policies::snapshot(
+        "version: v1\nroutes:\n  - route: a\n    policies:\n      - {name: order, version: 1.0.0, condition: 'request.path == \"/x\" || request.headers[\"x\"] == request.url_path', onConditionError: run, params: {label: a}}\n      - {name: order, version: 1.0.0, condition: 'request.method == \"GET\"', params: {label: b}}\n",
+    );
+    let warnings: Vec<String> = snap.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(
+        warnings[0].starts_with("routes[0].policies[0].condition")
+            && warnings[0].contains("`request.path` now includes the query string"),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings[1].contains("`request.url_path` is now the path without the query string"),
+        "{warnings:#?}"
+    );
+}

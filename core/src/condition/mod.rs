@@ -11,14 +11,16 @@ use std::sync::{Arc, OnceLock};
 use values::Activation;
 
 /// The variables conditions may use.
-pub const VARIABLES: [&str; 3] = ["request", "response", "metadata"];
+pub const VARIABLES: [&str; 4] = ["request", "response", "metadata", "source"];
 
 /// A compiled CEL condition; `true` runs the policy, `false` skips it.
 ///
-/// Available: `request.path` (without query), `request.url_path` (with query), `request.method`,
+/// Available (names as Envoy's attributes; `docs/conditions.md` lists each with its type):
+/// `request.path` (with the query), `request.url_path` (without it), `request.method`,
 /// `request.host`, `request.scheme`, `request.id`, `request.headers` (lower-case names; repeated
-/// values joined with `,`), `request.query`, `metadata`, and in the response phase
-/// `response.status` and `response.headers`.
+/// values joined with `,`), `request.query` (a map of decoded parameters), `request.useragent`,
+/// `request.referer`, `source.address`, `source.port`, `metadata`, and in the response phase
+/// `response.code` (also `response.status`) and `response.headers`.
 #[derive(Clone)]
 pub struct Condition {
     source: Arc<str>,
@@ -33,7 +35,7 @@ pub enum ConditionError {
     #[error("not valid CEL: {0}")]
     Parse(String),
     /// Refers to a variable that does not exist.
-    #[error("unknown variable `{0}`; conditions can use request, response and metadata")]
+    #[error("unknown variable `{0}`; conditions can use request, response, source and metadata")]
     UnknownVariable(String),
 }
 
@@ -90,6 +92,14 @@ impl Condition {
         .iter()
         .any(|p| s.contains(p));
         reads_entry && !s.contains("has(") && !s.contains(" in ")
+    }
+
+    /// The request fields this condition reads whose meaning changed (`request.path` now has the
+    /// query, as Envoy's attribute; `request.url_path` no longer has it), for a load warning.
+    pub fn reads_changed_names(&self) -> Vec<&'static str> {
+        let mut found = Vec::new();
+        changed_names(self.program.expression(), &mut found);
+        found
     }
 
     /// The CEL text.
@@ -176,6 +186,54 @@ fn free_variables<'e>(expr: &'e IdedExpr, bound: &mut Vec<&'e str>, out: &mut Ve
         }
         Expr::Select(select) => walk(&select.operand, bound),
         Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+/// `request.path` and `request.url_path` selections anywhere in `expr`.
+fn changed_names(expr: &IdedExpr, out: &mut Vec<&'static str>) {
+    let mut children: Vec<&IdedExpr> = Vec::new();
+    match &expr.expr {
+        Expr::Select(select) => {
+            if matches!(&select.operand.expr, Expr::Ident(name) if name == "request") {
+                let name = match select.field.as_str() {
+                    "path" => Some("request.path"),
+                    "url_path" => Some("request.url_path"),
+                    _ => None,
+                };
+                if let Some(name) = name
+                    && !out.contains(&name)
+                {
+                    out.push(name);
+                }
+            }
+            children.push(&select.operand);
+        }
+        Expr::Call(call) => {
+            children.extend(call.target.as_deref());
+            children.extend(call.args.iter());
+        }
+        Expr::Comprehension(c) => {
+            children.extend([
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ]);
+        }
+        Expr::List(list) => children.extend(list.elements.iter()),
+        Expr::Map(MapExpr { entries }) | Expr::Struct(StructExpr { entries, .. }) => {
+            for entry in entries {
+                match &entry.expr {
+                    EntryExpr::MapEntry(m) => children.extend([&m.key, &m.value]),
+                    EntryExpr::StructField(f) => children.push(&f.value),
+                }
+            }
+        }
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
+    for child in children {
+        changed_names(child, out);
     }
 }
 

@@ -4,6 +4,8 @@ use policy_sdk::{Request, RequestContext, Response, ResponseContext};
 fn ctx() -> RequestContext {
     let req = Request::new("POST", "/api/users?page=2&q=a%20b")
         .with_header("X-Env", "staging")
+        .with_header("user-agent", "curl/8")
+        .with_client_address("10.1.2.3:5555".parse().expect("an address"))
         .with_header("accept", "a")
         .with_header("accept", "b")
         .with_authority("example.com");
@@ -24,9 +26,15 @@ fn eval(source: &str) -> Result<bool, EvalError> {
 #[test]
 fn request_fields_headers_query_and_metadata_resolve() {
     for (source, expected) in [
-        (r#"request.path.startsWith("/api/")"#, true),
-        (r#"request.path == "/api/users""#, true),
-        (r#"request.url_path == "/api/users?page=2&q=a%20b""#, true),
+        (r#"request.url_path.startsWith("/api/")"#, true),
+        (r#"request.url_path == "/api/users""#, true),
+        (r#"request.path == "/api/users?page=2&q=a%20b""#, true),
+        (r#"request.fullPath == request.path"#, true),
+        (r#"request.useragent == "curl/8""#, true),
+        (
+            r#"source.address == "10.1.2.3" && source.port == 5555"#,
+            true,
+        ),
         (r#"request.method in ["POST", "PUT", "DELETE"]"#, true),
         (r#"request.method in ["GET"]"#, false),
         (r#"request.host == "example.com""#, true),

@@ -20,6 +20,7 @@ impl VariableResolver for Activation<'_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
         match variable {
             "request" => Some(CowVal::owned(RequestVal(self.request))),
+            "source" => Some(CowVal::owned(SourceVal(self.request))),
             "response" => self.response.map(|r| CowVal::owned(ResponseVal(r))),
             "metadata" => Some(CowVal::owned(MetadataVal(self.metadata))),
             _ => None,
@@ -92,14 +93,56 @@ impl<'a> Indexer for RequestVal<'a> {
     {
         let r: &'a Request = self.0;
         Ok(match key(idx)? {
-            "path" => string(r.path_without_query()),
-            "url_path" | "fullPath" => string(r.path()),
+            // Envoy's attribute names: `path` with the query, `url_path` without it.
+            "path" | "fullPath" => string(r.path()),
+            "url_path" => string(r.path_without_query()),
+            "useragent" => header(r, "user-agent")?,
+            "referer" => header(r, "referer")?,
             "method" => string(r.method()),
             "host" | "authority" => string(r.authority()),
             "scheme" => string(r.scheme()),
             "id" => string(r.request_id()),
             "headers" => CowVal::owned(HeadersVal(r.headers())),
             "query" => CowVal::owned(QueryVal(r.query().unwrap_or(""))),
+            other => return Err(ExecutionError::no_such_key(other)),
+        })
+    }
+
+    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        self.get(idx).map(CowVal::into_owned)
+    }
+}
+
+/// A header's value as a string (several joined with `,`); missing: no such key.
+fn header<'b, 'v>(r: &'v Request, name: &'static str) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let values: Vec<&str> = r.headers().get_all(name).collect();
+    match values.as_slice() {
+        [] => Err(ExecutionError::no_such_key(name)),
+        [one] => Ok(string(one)),
+        many => Ok(CowVal::owned(CelString::from(many.join(",")))),
+    }
+}
+
+/// `source`: the client (Envoy's `source.address` and `source.port`).
+#[derive(Clone, Copy)]
+struct SourceVal<'a>(&'a Request);
+lazy_map!(SourceVal, "source");
+
+impl<'a> Indexer for SourceVal<'a> {
+    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        let field = key(idx)?;
+        let Some(client) = self.0.client_address() else {
+            return Err(ExecutionError::no_such_key(field));
+        };
+        Ok(match field {
+            "address" => CowVal::owned(CelString::from(client.ip().to_string())),
+            "port" => CowVal::owned(CelInt::from(i64::from(client.port()))),
             other => return Err(ExecutionError::no_such_key(other)),
         })
     }

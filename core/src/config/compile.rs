@@ -130,6 +130,25 @@ pub(super) fn compile(
                     message: "the condition reads a header, query parameter or metadata key without has(): when it is missing the condition fails and the policy is skipped (onConditionError: skip). Guard it, e.g. has(request.headers[\"x-tenant\"]) && ..., or set onConditionError: run or deny".into(),
                 });
             }
+            for name in built
+                .condition
+                .as_ref()
+                .map(Condition::reads_changed_names)
+                .unwrap_or_default()
+            {
+                let now = if name == "request.path" {
+                    "`request.path` now includes the query string, as Envoy's attribute does (before, it was the path alone); for the path without the query use `request.url_path`"
+                } else {
+                    "`request.url_path` is now the path without the query string, as Envoy's attribute is (before, it included the query); for path and query use `request.path`"
+                };
+                warnings.push(Problem {
+                    path: format!("{path}.condition"),
+                    context: Some(context.clone()),
+                    message: format!(
+                        "{now}. Check that the condition means what it says (docs/conditions.md)."
+                    ),
+                });
+            }
             if !policy.enabled {
                 continue;
             }

@@ -97,6 +97,12 @@ pub struct TestRequest {
     /// `:authority`; default `example.com`.
     #[serde(default = "default_host")]
     pub host: String,
+    /// `:scheme`; default `https`.
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
+    /// The request id (`x-request-id`); default `decision-test`.
+    #[serde(default = "default_id")]
+    pub id: String,
     /// Headers (names are case-insensitive).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -120,6 +126,8 @@ impl Default for TestRequest {
             method: default_method(),
             path: default_path(),
             host: default_host(),
+            scheme: default_scheme(),
+            id: default_id(),
             headers: BTreeMap::new(),
             body: None,
             json: None,
@@ -250,6 +258,14 @@ fn default_path() -> String {
 
 fn default_host() -> String {
     "example.com".into()
+}
+
+fn default_scheme() -> String {
+    "https".into()
+}
+
+fn default_id() -> String {
+    "decision-test".into()
 }
 
 fn default_status() -> u16 {

@@ -219,7 +219,8 @@ impl TestRequest {
     fn to_request(&self) -> Request {
         let mut request = Request::new(self.method.clone(), self.path.clone())
             .with_authority(self.host.clone())
-            .with_request_id("decision-test");
+            .with_scheme(self.scheme.clone())
+            .with_request_id(self.id.clone());
         for (name, value) in &self.headers {
             request = request.with_header(name.to_ascii_lowercase(), value.clone());
         }

@@ -210,6 +210,12 @@ fn the_sample_decision_tests_pass_with_full_coverage() {
         stdout.contains("10 of 10 policy entries ran (100.0%)"),
         "{stdout}"
     );
+
+    // Every variable and function docs/conditions.md documents, each true for one request.
+    let out = engine(&["test", &example("conditions.yaml"), "--fail-under", "100"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
 }
 
 #[test]
