@@ -107,6 +107,8 @@ EOF
   done
   echo "  - route: empty"
   echo "    policies: []"
+  echo "  - route: empty_off"
+  echo "    policies: []"
   # rate-limit on one key with a limit never reached, its buckets in memory or in Redis; the
   # module's listeners have routes of their own names.
   for prefix in "" module_; do
@@ -168,6 +170,8 @@ module_filter() { # [EXTRA_SETTINGS]
                 value: "configFile: $work/module-routes.yaml${1:-}"
 EOF
 }
+# The per-route setting `policy-engine envoy-config` writes for an empty chain.
+disabled_route='typed_per_filter_config: {envoy.filters.http.ext_proc: {"@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute, disabled: true}}'
 listener() { # NAME PORT [EXT_PROC_CLUSTER [MODE] | module]; the route is named like the listener
   cat <<EOF
   - name: $1
@@ -183,7 +187,7 @@ listener() { # NAME PORT [EXT_PROC_CLUSTER [MODE] | module]; the route is named 
             - name: all
               domains: ["*"]
               routes:
-              - {name: $1, match: {prefix: "/"}, route: {cluster: upstream}}
+              - {name: $1, match: {prefix: "/"}, route: {cluster: upstream}$([ "$1" = empty_off ] && echo ", $disabled_route")}
           http_filters:
 EOF
   if [ "${3:-}" = module ]; then
@@ -219,7 +223,7 @@ EOF
 }
 admin_port="$(free_port)"
 declare -A port
-for name in plain noop empty chain3 chain3_failsafe module_empty module_chain3 module_chain3_nostats \
+for name in plain noop empty empty_off chain3 chain3_failsafe module_empty module_chain3 module_chain3_nostats \
   rl_memory rl_redis module_rl_memory module_rl_redis; do port[$name]="$(free_port)"; done
 {
   echo "admin: {address: {socket_address: {address: 127.0.0.1, port_value: $admin_port}}}"
@@ -228,6 +232,7 @@ for name in plain noop empty chain3 chain3_failsafe module_empty module_chain3 m
   listener plain "${port[plain]}"
   listener noop "${port[noop]}" noop
   listener empty "${port[empty]}" policy_engine
+  listener empty_off "${port[empty_off]}" policy_engine
   listener chain3 "${port[chain3]}" policy_engine
   listener chain3_failsafe "${port[chain3_failsafe]}" policy_engine "$failsafe_mode"
   listener module_empty "${port[module_empty]}" module
@@ -297,6 +302,7 @@ for c in "$connections" 1; do
   run "Envoy alone" plain "" "$c"
   run "Envoy + do-nothing ext_proc server" noop "$noop_pid" "$c"
   run "Envoy + engine, empty chain" empty "$engine_pid" "$c"
+  run "Envoy + engine, empty chain, filter disabled on the route (envoy-config)" empty_off "$engine_pid" "$c"
   run "Envoy + engine, 3-policy header chain" chain3 "$engine_pid" "$c"
   run "Envoy + engine, 3-policy header chain, fail-safe mode" chain3_failsafe "$engine_pid" "$c"
   run "Envoy + module, empty chain" module_empty "" "$c"

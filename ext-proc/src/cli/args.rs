@@ -40,6 +40,34 @@ pub(super) enum Command {
         #[arg(long, value_enum, default_value_t = super::decisions::Format::Text)]
         format: super::decisions::Format,
     },
+    /// Print the Envoy configuration a route configuration needs (JSON, which Envoy reads as
+    /// YAML too): the ext_proc filter, each route's `typed_per_filter_config` (its chain's
+    /// processing mode, or the filter disabled when the chain is empty) and the engine's cluster
+    /// with circuit breakers for --concurrency. Regenerate it whenever the routes change.
+    EnvoyConfig {
+        /// The route configuration file.
+        routes: PathBuf,
+        /// The engine's ext_proc address as Envoy reaches it (HOST:PORT).
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        engine: String,
+        /// Requests expected in flight through the engine at once (circuit breaker thresholds
+        /// get a quarter more, at least Envoy's default 1024).
+        #[arg(long, default_value_t = 10_000)]
+        concurrency: u32,
+        /// Print a whole Envoy bootstrap to try it with (one listener, a route `/<name>` per
+        /// configured route, one upstream) instead of the pieces.
+        #[arg(long, requires_all = ["listen", "admin", "upstream"])]
+        bootstrap: bool,
+        /// With --bootstrap: Envoy's listener (HOST:PORT).
+        #[arg(long, requires = "bootstrap")]
+        listen: Option<String>,
+        /// With --bootstrap: Envoy's admin address (HOST:PORT).
+        #[arg(long, requires = "bootstrap")]
+        admin: Option<String>,
+        /// With --bootstrap: the upstream (HOST:PORT).
+        #[arg(long, requires = "bootstrap")]
+        upstream: Option<String>,
+    },
     /// Print the compiled-in policies (name, version, phases, parameter schema) as JSON.
     Policies,
     /// Print the build information as JSON.

@@ -4,6 +4,7 @@
 
 mod args;
 mod decisions;
+mod envoy_config;
 mod health;
 mod serve;
 
@@ -43,6 +44,28 @@ pub fn run(registry: Registry, build_info: serde_json::Value) -> ExitCode {
         Some(Command::Serve(args)) => serve(*args, registry, &build_info),
         Some(Command::Validate { config }) => validate(&config, &registry),
         Some(Command::Test { .. }) => Ok(()),
+        Some(Command::EnvoyConfig {
+            routes,
+            engine,
+            concurrency,
+            bootstrap,
+            listen,
+            admin,
+            upstream,
+        }) => {
+            let bootstrap = match (bootstrap, &listen, &admin, &upstream) {
+                (true, Some(listen), Some(admin), Some(upstream)) => {
+                    Some((listen.as_str(), admin.as_str(), upstream.as_str()))
+                }
+                _ => None,
+            };
+            let options = envoy_config::Options {
+                engine: &engine,
+                concurrency,
+                bootstrap,
+            };
+            envoy_config::print(&routes, &options, &registry)
+        }
         Some(Command::Policies) => print_json(&policy_list(&registry)),
         Some(Command::BuildInfo) => print_json(&build_info),
         Some(Command::Healthcheck {
