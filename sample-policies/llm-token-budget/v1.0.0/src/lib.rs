@@ -308,7 +308,9 @@ impl ResponsePolicy for TokenBudget {
         match &self.counts {
             Counts::Memory(memory) => {
                 let totals = memory.add(&keys, start, usage.total);
-                ctx.metadata_mut().set("llm.budget.used", totals[0]);
+                if let Some(&total) = totals.first() {
+                    ctx.metadata_mut().set("llm.budget.used", total);
+                }
                 Outcome::ready(pass())
             }
             Counts::Redis { store, .. } => Outcome::pending(async move {
@@ -317,8 +319,10 @@ impl ResponsePolicy for TokenBudget {
                 let expire_at_ms = end.saturating_add(60).saturating_mul(1000);
                 // A count that cannot be written is logged by the store; the answer passes:
                 // the tokens are spent already.
-                if let Ok(totals) = store.add(keys, usage.total, expire_at_ms).await {
-                    ctx.metadata_mut().set("llm.budget.used", totals[0]);
+                if let Ok(totals) = store.add(keys, usage.total, expire_at_ms).await
+                    && let Some(&total) = totals.first()
+                {
+                    ctx.metadata_mut().set("llm.budget.used", total);
                 }
                 Ok(pass())
             }),
