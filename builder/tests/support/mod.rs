@@ -134,12 +134,101 @@ impl std::fmt::Debug for Run {
     }
 }
 
-/// The target directory the builder tests share, so only the first build is cold.
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// The builder image's layout, laid out natively: every locked crate vendored, a `CARGO_HOME`
+/// that reaches no registry, and a target directory warmed by building the sample manifest in
+/// release (`scripts/prepare-builder.sh PREFIX vendor warm`). Every test that really builds
+/// shares it, as users of the image do: the engine's dependencies compile once per machine.
+pub struct Layout {
+    /// The prefix the script prepared.
+    pub prefix: PathBuf,
+}
+
+impl Layout {
+    /// The offline `CARGO_HOME` (its config points cargo at the vendored crates).
+    pub fn cargo_home(&self) -> PathBuf {
+        self.prefix.join("cargo-home")
+    }
+
+    /// The vendored crates.
+    pub fn vendor(&self) -> PathBuf {
+        self.prefix.join("vendor")
+    }
+
+    /// The warm target directory.
+    pub fn target(&self) -> PathBuf {
+        self.prefix.join("target")
+    }
+
+    /// `policy-builder args...` (this build of it) as in the image: offline, from the vendored
+    /// crates, into the warm target directory, features pinned.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_policy-builder"));
+        command
+            .args(args)
+            .env_remove("CARGO_TARGET_DIR")
+            .env("CARGO_HOME", self.cargo_home())
+            .env("CARGO_NET_OFFLINE", "true")
+            .env("POLICY_BUILDER_VENDOR_DIR", self.vendor())
+            .env("POLICY_BUILDER_TARGET_DIR", self.target())
+            .env("POLICY_BUILDER_PIN_FEATURES", "true");
+        command
+    }
+
+    /// Runs [`Layout::command`].
+    pub fn builder(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("run policy-builder"))
+    }
+}
+
+/// The shared [`Layout`], prepared by the first test of a run that needs it (the others wait
+/// for it on a file lock, `flock(1)`, across test processes) and brought up to date once per run.
+pub fn layout() -> &'static Layout {
+    static LAYOUT: std::sync::OnceLock<Layout> = std::sync::OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let prefix = Path::new(env!("CARGO_TARGET_TMPDIR")).join("builder-layout");
+        std::fs::create_dir_all(&prefix).expect("layout dir");
+        // One preparation per run: nextest names its runs; under cargo test every test
+        // binary of a run has the same parent.
+        let run = std::env::var("NEXTEST_RUN_ID")
+            .unwrap_or_else(|_| format!("parent {}", std::os::unix::process::parent_id()));
+        let once = r#"set -e
+if [ "$(cat "$1/.prepared" 2>/dev/null)" = "$2" ]; then exit 0; fi
+"$3" "$1" vendor warm
+printf %s "$2" >"$1/.prepared""#;
+        let started = std::time::Instant::now();
+        let prepare = Command::new("flock")
+            .arg(prefix.join(".lock"))
+            .args(["sh", "-c", once, "prepare"])
+            .arg(&prefix)
+            .arg(&run)
+            .arg(repo().join("scripts/prepare-builder.sh"))
+            .env_remove("CARGO_TARGET_DIR")
+            .env("POLICY_BUILDER_BIN", env!("CARGO_BIN_EXE_policy-builder"))
+            .output()
+            .expect("run flock prepare-builder.sh");
+        assert!(prepare.status.success(), "{prepare:?}");
+        eprintln!(
+            "the builder layout (scripts/prepare-builder.sh vendor warm, once per run): {:.1?}",
+            started.elapsed()
+        );
+        Layout { prefix }
+    })
+}
+
+/// A target directory for commands that never compile (validation).
 pub fn target_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("builder-target")
 }
 
-/// Runs `policy-builder args...` with the shared target directory.
+/// Runs `policy-builder args...` for the commands that never compile.
 pub fn builder(args: &[&str]) -> Run {
     let out: Output = Command::new(env!("CARGO_BIN_EXE_policy-builder"))
         .args(args)
@@ -148,10 +237,16 @@ pub fn builder(args: &[&str]) -> Run {
         .env_remove("CARGO_TARGET_DIR")
         .output()
         .expect("run policy-builder");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    Run::from(out)
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 }
 
