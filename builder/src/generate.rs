@@ -12,6 +12,19 @@ const MAIN_RS: &str = include_str!("../../templates/registry/main.rs.tera");
 const DOCKERFILE: &str = include_str!("../../templates/Dockerfile.tera");
 const MODULE_CARGO_TOML: &str = include_str!("../../templates/module/Cargo.toml.tera");
 const MODULE_LIB_RS: &str = include_str!("../../templates/module/lib.rs.tera");
+/// The release profile both hosts' crates are built with.
+const RELEASE_PROFILE: &str = include_str!("../../templates/release-profile.toml.tera");
+/// The crates of both hosts that only load configuration: optimised for size.
+const CONFIGURATION_CRATES: [&str; 6] = [
+    "fancy-regex",
+    "granit-parser",
+    "jsonschema",
+    "policy-definition",
+    "referencing",
+    "serde-saphyr",
+];
+/// The engine's command line, too.
+const ENGINE_CONFIGURATION_CRATES: [&str; 2] = ["clap", "clap_builder"];
 
 /// The Envoy ABI a module is built for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -250,8 +263,15 @@ pub fn generate(
         "sdk_path",
         &toml_escape(&sources.engine_dir.join("policy-sdk").display().to_string()),
     );
-    context.insert("lto", &false);
-    context.insert("codegen_units", &16);
+
+    let mut size_optimised = CONFIGURATION_CRATES.to_vec();
+    if host == Host::ExtProc {
+        size_optimised.extend(ENGINE_CONFIGURATION_CRATES);
+        size_optimised.sort_unstable();
+    }
+    context.insert("size_optimised", &size_optimised);
+    let profile = render("release profile", RELEASE_PROFILE, &context)?;
+    context.insert("release_profile", &profile);
 
     let (cargo_toml, source, source_path) = match host {
         Host::ExtProc => (CARGO_TOML, MAIN_RS, "src/main.rs"),

@@ -289,7 +289,34 @@ fn the_sample_manifest_builds_with_every_sample_policy() {
         built, expected,
         "policy-manifest.yaml lists every sample policy crate"
     );
-    assert_eq!(registered(&out.join("policy-engine")), expected);
+    let engine = out.join("policy-engine");
+    assert_eq!(registered(&engine), expected);
+
+    // The release profile keeps the engine small (docs/benchmarks.md, "Engine size": 21.9 MB
+    // before, with symbols stripped by hand).
+    let image = std::fs::read(&engine).expect("engine");
+    assert!(
+        !has_symbol_table(&image),
+        "the engine's symbols are stripped"
+    );
+    assert!(
+        image.len() < 18_000_000,
+        "the sample engine is {} bytes; the budget is 18 MB",
+        image.len()
+    );
+}
+
+/// Whether an ELF64 little-endian file has a symbol table section (`SHT_SYMTAB`).
+fn has_symbol_table(elf: &[u8]) -> bool {
+    let read = |at: usize, len: usize| -> usize {
+        elf[at..at + len]
+            .iter()
+            .rev()
+            .fold(0, |n, byte| n << 8 | usize::from(*byte))
+    };
+    assert_eq!(&elf[..6], b"\x7fELF\x02\x01", "an ELF64 little-endian file");
+    let (offset, size, count) = (read(0x28, 8), read(0x3a, 2), read(0x3c, 2));
+    (0..count).any(|i| read(offset + i * size + 4, 4) == 2)
 }
 
 /// The sorted `name:version` keys a built engine's `policies` subcommand lists.
