@@ -347,3 +347,35 @@ fn discover_finds_every_versioned_crate_and_explicit_entries_win() {
         ],
     );
 }
+
+/// The README's builder-image example: the repository mounted as the workspace, the engine's
+/// own source elsewhere (`/opt/policy-engine` in the image). The samples depend on the SDK by
+/// version, so they take the engine's copy instead of counting as a second one.
+#[test]
+fn the_sample_manifest_validates_against_an_engine_source_elsewhere() {
+    let temp = Temp::new("engine-source");
+    let repo = support::repo();
+    let files = std::process::Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(&repo)
+        .output()
+        .expect("git ls-files");
+    assert!(files.status.success(), "{files:?}");
+    for file in files.stdout.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+        let file = String::from_utf8_lossy(file);
+        let to = temp.path(&format!("engine/{file}"));
+        std::fs::create_dir_all(to.parent().expect("a parent")).expect("mkdir");
+        std::fs::copy(repo.join(&*file), &to).expect("copy");
+    }
+    let manifest = repo.join("policy-manifest.yaml");
+    let engine = temp.path("engine");
+    let run = builder(&[
+        "validate",
+        "--manifest",
+        manifest.to_str().expect("utf-8"),
+        "--engine-source",
+        engine.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stderr.contains("validation  ok: "), "{run:?}");
+}
