@@ -2,15 +2,22 @@
 # the engine and sample policies pre-compiled, so a build inside it needs no network and
 # compiles only the registry crate and the user's own policies.
 #   docker build -f Dockerfile.builder -t policy-builder .
-#   docker run --rm -v "$PWD:/workspace" policy-builder --manifest policy-manifest.yaml
-# Every RUN step is scripts/prepare-builder.sh, which the tests run natively.
+#   docker run --rm --user "$(id -u):$(id -g)" -v "$PWD:/workspace" policy-builder \
+#     --manifest policy-manifest.yaml
+# (--user: what it writes to the workspace belongs to you; any uid works.) The first stage's RUN
+# step is scripts/prepare-builder.sh, which the tests run natively; scripts/docker-e2e.sh
+# builds and runs the image itself.
 
 # Stage 1: vendor (the only step with network), compile the builder and warm the cache.
 FROM rust:1.88-slim-bookworm AS prepare
 WORKDIR /opt/policy-engine
 COPY . .
+# The image runs as 10001 by default, or as whoever `docker run --user` names: the warm target
+# directory and the offline CARGO_HOME (cargo locks files there) are writable by any user (set
+# here, so the final stage does not copy the target directory again to change its owner).
 RUN scripts/prepare-builder.sh /opt/policy-builder vendor builder warm \
-    && rm -rf /opt/policy-builder/builder-target
+    && rm -rf /opt/policy-builder/builder-target \
+    && chmod -R a+rwX /opt/policy-builder/target /opt/policy-builder/cargo-home
 
 # Stage 2: the toolchain, the source, the vendored crates, the warm target directory.
 FROM rust:1.88-slim-bookworm
@@ -22,7 +29,7 @@ COPY --from=prepare /opt/policy-engine /opt/policy-engine
 COPY --from=prepare /opt/policy-builder /opt/policy-builder
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin builder \
     && mkdir -p /workspace/output \
-    && chown -R 10001:10001 /workspace /opt/policy-builder/target
+    && chown 10001:10001 /workspace /workspace/output
 ENV PATH="/opt/policy-builder/bin:${PATH}" \
     CARGO_HOME=/opt/policy-builder/cargo-home \
     CARGO_NET_OFFLINE=true \

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project: formatting, lints, the dependency and supply-chain
 # rules, unit, integration, doc and end-to-end tests (through a real Envoy 1.36.2, installed
-# into .venv on first use; the shared-store tests against a real redis-server from Debian).
+# into .venv on first use; the shared-store tests against a real redis-server from Debian), then
+# the Docker path (scripts/docker-e2e.sh: the builder image built, engines built in it, the
+# runtime image run behind Envoy; needs root for its own Docker daemon; POLICY_ENGINE_SKIP_DOCKER=1
+# skips it, saying so).
 # Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,3 +57,9 @@ else
   cargo test --workspace --locked --no-fail-fast --lib --bins --tests
 fi
 
+step "Docker: the builder image, engines built in it, the runtime image behind Envoy"
+if [ "${POLICY_ENGINE_SKIP_DOCKER:-}" = 1 ]; then
+  echo "SKIPPED: POLICY_ENGINE_SKIP_DOCKER=1 (the Docker path is not tested)"
+else
+  scripts/docker-e2e.sh
+fi

@@ -97,6 +97,13 @@ fn feature_pins(
         .iter()
         .filter_map(|p| p.entry.dir.canonicalize().ok())
         .collect();
+    // A manifest may list its own copies of the samples (the repository mounted in the builder
+    // image): cargo cannot hold two packages of one name, so those names are not pinned.
+    let named: std::collections::BTreeSet<&str> = policies
+        .iter()
+        .flat_map(|p| std::iter::once(&p.package).chain(&p.path_dependencies))
+        .map(String::as_str)
+        .collect();
     let mut pins: Vec<(String, PathBuf)> = metadata
         .packages
         .iter()
@@ -107,8 +114,10 @@ fn feature_pins(
                 .as_std_path()
                 .canonicalize()
                 .ok()?;
-            (dir.starts_with(&samples) && !used.contains(&dir))
-                .then(|| (package.name.to_string(), dir))
+            (dir.starts_with(&samples)
+                && !used.contains(&dir)
+                && !named.contains(package.name.as_str()))
+            .then(|| (package.name.to_string(), dir))
         })
         .collect();
     pins.sort();

@@ -126,7 +126,7 @@ fn two_versions_of_one_policy_and_crates_outside_the_repo_build_in() {
         "USER 65532:65532",
         "EXPOSE 9001",
         "HEALTHCHECK",
-        "\"healthcheck\", \"--admin\", \"127.0.0.1:9002\"",
+        "CMD [\"/usr/local/bin/policy-engine\", \"healthcheck\"]",
         "CMD [\"serve\", \"--config\", \"/etc/policy-engine/routes.yaml\"]",
         "org.opencontainers.image.version=",
         "io.policy-engine.policies=\"hello:0.1.0,set-header:1.0.0,tag:1.0.0,tag:2.0.0\"",

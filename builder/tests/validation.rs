@@ -378,4 +378,35 @@ fn the_sample_manifest_validates_against_an_engine_source_elsewhere() {
     ]);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert!(run.stderr.contains("validation  ok: "), "{run:?}");
+
+    // With features pinned, as in the image: the engine's copies of the samples the manifest
+    // lists (and of what they depend on by path) are not pinned beside the workspace's.
+    let out = temp.path("generated");
+    let run = builder(&[
+        "generate",
+        "--manifest",
+        manifest.to_str().expect("utf-8"),
+        "--engine-source",
+        engine.to_str().expect("utf-8"),
+        "--pin-features",
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let resolved = std::process::Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--manifest-path",
+        ])
+        .arg(out.join("Cargo.toml"))
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        resolved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resolved.stderr)
+    );
 }

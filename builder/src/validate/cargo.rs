@@ -6,12 +6,20 @@ use crate::report::{Problem, line_of};
 use cargo_metadata::{DependencyKind, MetadataCommand};
 use std::path::Path;
 
-/// Checks the crate at `cargo_toml`; returns its package name.
+/// What validation learns of a crate's package.
+pub(super) struct Package {
+    /// Its name.
+    pub name: String,
+    /// The packages it depends on by path (any kind of dependency).
+    pub path_dependencies: Vec<String>,
+}
+
+/// Checks the crate at `cargo_toml`; returns its package.
 pub(super) fn check(
     cargo_toml: &Path,
     toolchain: &Toolchain,
     problems: &mut Vec<Problem>,
-) -> Option<String> {
+) -> Option<Package> {
     let text = std::fs::read_to_string(cargo_toml).unwrap_or_default();
     let metadata = match MetadataCommand::new()
         .manifest_path(cargo_toml)
@@ -103,5 +111,13 @@ pub(super) fn check(
             }
         }
     }
-    Some(package.name.to_string())
+    Some(Package {
+        name: package.name.to_string(),
+        path_dependencies: package
+            .dependencies
+            .iter()
+            .filter(|d| d.path.is_some())
+            .map(|d| d.name.clone())
+            .collect(),
+    })
 }

@@ -28,6 +28,9 @@ pub struct ValidPolicy {
     pub definition: PolicyDefinition,
     /// Its Cargo package name.
     pub package: String,
+    /// The packages it depends on by path (`--pin-features` leaves the engine's copies of those
+    /// out, or cargo would see two packages of one name).
+    pub path_dependencies: Vec<String>,
     /// SHA-256 over the crate's files (sorted paths and contents; `target/` and hidden files
     /// left out), hex.
     pub content_hash: String,
@@ -117,7 +120,8 @@ fn check(entry: &Entry, toolchain: &Toolchain) -> Result<ValidPolicy, Vec<Proble
         (Some(definition), Some(package)) if problems.is_empty() => Ok(ValidPolicy {
             entry: entry.clone(),
             definition,
-            package,
+            package: package.name,
+            path_dependencies: package.path_dependencies,
             content_hash: content_hash(dir).map_err(|e| {
                 vec![Problem::new(format!("cannot read the crate's files: {e}")).in_file(dir)]
             })?,

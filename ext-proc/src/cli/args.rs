@@ -72,12 +72,14 @@ pub(super) enum Command {
     Policies,
     /// Print the build information as JSON.
     BuildInfo,
-    /// Exit 0 when an engine accepts connections at the listen address, or with --admin when
-    /// its admin API reports it ready (for container HEALTHCHECKs: the image needs no shell or
-    /// curl).
+    /// Exit 0 when the engine's admin API reports it ready, or, without an admin API, when it
+    /// accepts connections at the listen address. It reads the addresses from the variables
+    /// `serve` reads, so a container's HEALTHCHECK follows any override of them (and the image
+    /// needs no shell or curl).
     Healthcheck {
-        /// Ask the admin API at HOST:PORT for `/health/ready` instead of connecting to ext_proc.
-        #[arg(long)]
+        /// Ask the admin API at HOST:PORT for `/health/ready` instead of connecting to ext_proc
+        /// (`off`: no admin API).
+        #[arg(long, env = "POLICY_ENGINE_ADMIN_LISTEN")]
         admin: Option<String>,
         /// The engine's address: HOST:PORT (0.0.0.0 means this host) or unix:/PATH.
         #[arg(long, env = "POLICY_ENGINE_LISTEN", default_value = "127.0.0.1:9001")]

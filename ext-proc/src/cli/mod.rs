@@ -72,7 +72,7 @@ pub fn run(registry: Registry, build_info: serde_json::Value) -> ExitCode {
             admin: Some(admin),
             timeout_ms,
             ..
-        }) => ready_check(&admin, Duration::from_millis(timeout_ms)),
+        }) if admin != "off" => ready_check(&admin, Duration::from_millis(timeout_ms)),
         Some(Command::Healthcheck {
             listen, timeout_ms, ..
         }) => healthcheck(&listen, Duration::from_millis(timeout_ms)),

@@ -129,7 +129,12 @@ fn healthcheck_succeeds_only_while_an_engine_listens() {
         .strip_prefix("policy-engine listening on ")
         .expect("the announcement")
         .to_owned();
-    let up = engine(&["healthcheck", "--listen", &address]);
+    // Without an admin API (`off`, as `serve` reads it) the check connects to ext_proc.
+    let up = Command::new(env!("CARGO_BIN_EXE_dev-engine"))
+        .args(["healthcheck", "--listen", &address])
+        .env("POLICY_ENGINE_ADMIN_LISTEN", "off")
+        .output()
+        .expect("run dev-engine");
     let _ = serving.kill();
     let _ = serving.wait();
     assert!(up.status.success(), "{up:?}");

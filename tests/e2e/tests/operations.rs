@@ -280,9 +280,11 @@ fn sigterm_lets_streams_in_flight_finish_and_exits_cleanly() {
 fn the_grpc_health_service_and_the_healthcheck_command_follow_readiness() {
     let stack = Stack::start_with(None, &[]);
     let admin = format!("127.0.0.1:{}", stack.engine_admin_port.expect("admin"));
+    // As the image's HEALTHCHECK runs it: the admin address from the variable `serve` reads.
     let check = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_dev-engine"))
-            .args(["healthcheck", "--admin", &admin])
+            .arg("healthcheck")
+            .env("POLICY_ENGINE_ADMIN_LISTEN", &admin)
             .output()
             .expect("run healthcheck")
     };
