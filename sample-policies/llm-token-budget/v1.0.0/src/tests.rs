@@ -113,61 +113,6 @@ fn requests_without_a_consumer_share_or_are_refused() {
 }
 
 #[test]
-fn instances_with_a_redis_store_share_one_budget() {
-    let server = policy_test_support::redis::RedisServer::start();
-    let params = json!({
-        "tokens": 100, "window": "day", "consumer": {"header": "x-user"},
-        "store": {"redis": {"url": server.url(), "timeoutMs": 1000}}
-    });
-    let (a, b) = (budget(params.clone()), budget(params));
-    exchange(&a, chat("alice", "m"), 60).expect("first");
-    let metadata = exchange(&b, chat("alice", "m"), 60).expect("second, on the other instance");
-    assert_eq!(metadata.get("llm.budget.used"), Some(&json!(120)));
-    assert_eq!(
-        exchange(&a, chat("alice", "m"), 1)
-            .expect_err("spent")
-            .status(),
-        429
-    );
-    let ttl = server
-        .query(&[
-            "PTTL",
-            &format!(
-                "policy:llm-token-budget:Day:{}:{}",
-                KeySource::Header("x-user".into()).digest("alice"),
-                Window::Day.bounds(unix_now()).0
-            ),
-        ])
-        .expect("PTTL");
-    let ttl: i64 = ttl.trim_start_matches(':').parse().expect("a number");
-    assert!(
-        ttl > 0 && ttl <= (86_400 + 60) * 1000,
-        "expires after the window: {ttl}"
-    );
-}
-
-#[test]
-fn a_redis_outage_follows_on_error_when_checking() {
-    let mut server = policy_test_support::redis::RedisServer::start();
-    let params = |on_error: &str| {
-        json!({
-            "tokens": 100, "window": "day",
-            "store": {"redis": {"url": server.url(), "timeoutMs": 200, "onError": on_error}}
-        })
-    };
-    let (deny, allow) = (budget(params("deny")), budget(params("allow")));
-    server.stop();
-    let refused = exchange(&deny, chat("alice", "m"), 1).expect_err("cannot check");
-    assert_eq!(refused.status(), 503);
-    let metadata = exchange(&allow, chat("alice", "m"), 1).expect("let through");
-    assert_eq!(
-        metadata.get("llm.budget.store"),
-        Some(&json!("unavailable"))
-    );
-    assert_eq!(metadata.get("llm.budget.used"), None, "not counted either");
-}
-
-#[test]
 fn bad_settings_name_their_field() {
     for (params, field) in [
         (
