@@ -50,8 +50,7 @@ cleanup() {
     # Earlier runs' untagged layers go; this run's stay, for the next run to reuse.
     "$docker" image prune -f --filter "until=$run_started" >/dev/null 2>&1 || true
     kill "$daemon_pid" 2>/dev/null || true
-    # dockerd stops its containerd and then exits; wait for it, by pid.
-    while kill -0 "$daemon_pid" 2>/dev/null; do sleep 0.2; done
+    wait "$daemon_pid" 2>/dev/null || true # dockerd stops its containerd, then exits
   fi
   rm -rf "$work"
 }
@@ -59,11 +58,11 @@ trap cleanup EXIT
 
 # --- the daemon -----------------------------------------------------------------------------
 export DOCKER_HOST="unix://$state/docker.sock"
-if [ -f "$state/dockerd.pid" ] && kill -0 "$(cat "$state/dockerd.pid")" 2>/dev/null; then
+stale="$(cat "$state/dockerd.pid" 2>/dev/null || true)"
+if [ -n "$stale" ] && [ "$(cat "/proc/$stale/comm" 2>/dev/null)" = dockerd ]; then
   # Left by an interrupted run of this script (the pid file is its own): stop it first.
-  stale="$(cat "$state/dockerd.pid")"
   kill "$stale"
-  while kill -0 "$stale" 2>/dev/null; do sleep 0.2; done
+  while [ -e "/proc/$stale" ]; do sleep 0.2; done
 fi
 start_daemon() { # STORAGE_DRIVER
   dockerd --data-root "$state/data-$1" --exec-root "$state/exec" --pidfile "$state/dockerd.pid" \
