@@ -51,6 +51,9 @@ cleanup() {
     "$docker" image prune -f --filter "until=$run_started" >/dev/null 2>&1 || true
     kill "$daemon_pid" 2>/dev/null || true
     wait "$daemon_pid" 2>/dev/null || true # dockerd stops its containerd, then exits
+    # It can leave its network namespace mounted under the state directory: unmount that too.
+    awk -v s="$state/" 'index($2, s) == 1 {print $2}' /proc/mounts | sort -r |
+      while read -r mount; do umount "$mount" 2>/dev/null || true; done
   fi
   rm -rf "$work"
 }
